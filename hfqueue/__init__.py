@@ -1,0 +1,20 @@
+"""hfqueue: an asynchronous batch-inference job queue for Hugging Face models, on Celery and Redis.
+
+>>> from hfqueue import Client                                     # doctest: +SKIP
+>>> job = Client().submit(task="feature-extraction", model="sentence-transformers/all-MiniLM-L6-v2",
+...                       dataset="data.jsonl", column="text")      # doctest: +SKIP
+>>> job.wait(progress=True); ds = job.result()                     # doctest: +SKIP
+"""
+
+from hfqueue.config import Settings
+from hfqueue.errors import (BrokerUnavailableError, ConfigError, HfqError, InvalidSpecError, JobCancelledError,
+                            JobFailedError, JobNotFoundError, ModelLoadError, SourceNotFoundError, WaitTimeoutError)
+from hfqueue.jobs import JobSpec, JobState, JobStatus
+from hfqueue.producer.client import Client, Job
+
+__all__ = [
+    "BrokerUnavailableError", "Client", "ConfigError", "HfqError", "InvalidSpecError", "Job", "JobCancelledError",
+    "JobFailedError", "JobNotFoundError", "JobSpec", "JobState", "JobStatus", "ModelLoadError", "Settings",
+    "SourceNotFoundError", "WaitTimeoutError",
+]
+__version__ = "0.1.0"

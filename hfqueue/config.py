@@ -1,0 +1,174 @@
+"""One settings object for the whole project, read from ``HFQ_*`` environment variables.
+
+Every knob lives here, typed, defaulted and documented; nothing else reads ``os.environ``. Relations
+between settings that would only fail hours later (a visibility timeout shorter than the chunk time
+limit re-delivers every long chunk) are checked when the settings are built.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from hfqueue.errors import ConfigError
+
+Dtype = Literal["auto", "float32", "float16", "bfloat16"]
+
+
+class Settings(BaseSettings):
+    """hfqueue's settings; each field is read from ``HFQ_<FIELD NAME>`` (e.g. ``HFQ_CHUNK_SIZE``).
+
+    >>> Settings(chunk_size=500).chunk_size
+    500
+    """
+
+    model_config = SettingsConfigDict(env_prefix="HFQ_", extra="forbid", validate_default=True)
+
+    broker_url: str | None = Field(
+        None,
+        description="Redis URL for the Celery broker and the job records (redis:// or rediss://). "
+        "Unset: a private redis-server is started under the state folder and reused.",
+    )
+    result_backend: str | None = Field(
+        None, description="Celery result backend URL. Unset: the broker URL."
+    )
+    state_dir: Path = Field(
+        Path(".hfq"), description="Folder for local state: the embedded redis-server's data and address."
+    )
+    output_root: Path = Field(
+        Path("results"),
+        description="Every job writes under this folder; a job's output_dir must resolve inside it.",
+    )
+    queue: str = Field("hfq", min_length=1, description="Celery queue the chunk tasks go to.")
+    chunk_size: int = Field(1000, gt=0, description="Rows per chunk task (a spec may override it).")
+    max_inline_rows: int = Field(
+        100_000, gt=0, description="Most rows a job may carry inline (`inputs=[...]`)."
+    )
+    max_batch_size: int = Field(64, gt=0, description="Most rows in one forward pass.")
+    max_batch_tokens: int = Field(
+        16_384, gt=0, description="Most padded tokens (rows x longest row) in one forward pass."
+    )
+    max_length: int = Field(512, gt=0, description="Inputs are truncated to this many tokens.")
+    model_cache_size: int = Field(
+        2, gt=0, description="Models a worker process keeps resident (least recently used leaves first)."
+    )
+    device: str = Field(
+        "auto", description="Device the worker runs models on: auto (CUDA when present), cpu, cuda, cuda:N."
+    )
+    dtype: Dtype = Field("auto", description="Weights dtype: auto, float32, float16 or bfloat16.")
+    chunk_soft_time_limit: int = Field(
+        3000, gt=0, description="Seconds before a chunk is asked to stop (SoftTimeLimitExceeded)."
+    )
+    chunk_time_limit: int = Field(
+        3600, gt=0, description="Seconds before a chunk's process is killed (hard limit)."
+    )
+    visibility_timeout: int = Field(
+        7200,
+        gt=0,
+        description="Seconds before Redis re-delivers an unacknowledged chunk; must exceed chunk_time_limit.",
+    )
+    max_attempts: int = Field(
+        3, gt=0, description="Times a chunk is started before it is marked failed."
+    )
+    job_ttl: int = Field(
+        7 * 24 * 3600, gt=0, description="Seconds job records stay in Redis after their last update."
+    )
+    allow_remote_code: bool = Field(
+        False, description="Let jobs ask for trust_remote_code=True (runs code shipped with a model)."
+    )
+    redis_socket_timeout: float = Field(
+        30.0, gt=0, description="Seconds a Redis read or write may block before it is retried."
+    )
+    redis_health_check_interval: int = Field(
+        25, ge=0, description="Seconds between pings on idle Redis connections (0 turns them off)."
+    )
+    log_level: str = Field("INFO", description="Log level of `hfq` commands and workers.")
+
+    @model_validator(mode="after")
+    def _check_relations(self) -> "Settings":
+        if self.chunk_soft_time_limit >= self.chunk_time_limit:
+            raise ValueError(
+                f"HFQ_CHUNK_SOFT_TIME_LIMIT ({self.chunk_soft_time_limit} s) must be below "
+                f"HFQ_CHUNK_TIME_LIMIT ({self.chunk_time_limit} s), so a chunk can save its work before it is killed"
+            )
+        if self.visibility_timeout <= self.chunk_time_limit:
+            raise ValueError(
+                f"HFQ_VISIBILITY_TIMEOUT ({self.visibility_timeout} s) must exceed HFQ_CHUNK_TIME_LIMIT "
+                f"({self.chunk_time_limit} s): otherwise Redis hands a running chunk to a second worker"
+            )
+        for name in ("broker_url", "result_backend"):
+            url = getattr(self, name)
+            if url is not None and not url.startswith(("redis://", "rediss://", "unix://")):
+                raise ValueError(f"HFQ_{name.upper()} must be a redis://, rediss:// or unix:// URL, got {url!r}")
+        if self.device != "auto" and not (self.device in ("cpu", "cuda", "mps") or self.device.startswith("cuda:")):
+            raise ValueError(f"HFQ_DEVICE must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
+        return self
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build :class:`Settings` from the environment plus ``overrides``; raise :class:`ConfigError` if invalid.
+
+    The message names each bad variable and why, e.g.
+    ``HFQ_CHUNK_SIZE: Input should be greater than 0 (got 0)``.
+    """
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            field = ".".join(str(p) for p in err["loc"])
+            where = f"HFQ_{field.upper()}: " if field else ""
+            got = f" (got {err['input']!r})" if field and "input" in err else ""
+            problems.append(f"{where}{err['msg'].removeprefix('Value error, ')}{got}")
+        raise ConfigError("invalid hfqueue settings:\n  " + "\n  ".join(problems), value=overrides) from None
+
+
+def celery_config(settings: Settings, broker_url: str) -> dict[str, Any]:
+    """Celery configuration for long GPU chunks on Redis (see RELIABILITY in the README).
+
+    Each value is a decision, not a default: late acks so a crash mid-chunk re-delivers the chunk,
+    prefetch 1 so no chunk waits behind a busy process, a visibility timeout above the hard time limit
+    so a running chunk is not handed out twice, socket timeouts and keepalives so a worker does not
+    hang on a dead connection after Redis restarts, JSON only.
+    """
+    transport = {
+        "visibility_timeout": settings.visibility_timeout,
+        "socket_timeout": settings.redis_socket_timeout,
+        "socket_connect_timeout": settings.redis_socket_timeout,
+        "socket_keepalive": True,
+        "health_check_interval": settings.redis_health_check_interval,
+    }
+    return {
+        "broker_url": broker_url,
+        "result_backend": settings.result_backend or broker_url,
+        "broker_transport_options": transport,
+        "result_backend_transport_options": {"visibility_timeout": settings.visibility_timeout},
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_max_retries": None,
+        "broker_heartbeat": 0,
+        "redis_socket_timeout": settings.redis_socket_timeout,
+        "redis_socket_connect_timeout": settings.redis_socket_timeout,
+        "redis_socket_keepalive": True,
+        "redis_backend_health_check_interval": settings.redis_health_check_interval,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "task_time_limit": settings.chunk_time_limit,
+        "task_soft_time_limit": settings.chunk_soft_time_limit,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "task_ignore_result": True,
+        "result_expires": 24 * 3600,
+        "task_default_queue": settings.queue,
+        "task_track_started": True,
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "worker_hijack_root_logger": False,
+        "enable_utc": True,
+    }

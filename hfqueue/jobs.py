@@ -1,0 +1,185 @@
+"""What a job is: its spec, its states, its chunks, its status, and the Redis key names it lives under."""
+
+from __future__ import annotations
+
+import enum
+import time
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from hfqueue import tasks
+
+KEY_PREFIX = "hfq"
+
+
+class JobState(str, enum.Enum):
+    """Where a job is in its life. The last four are final."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    COMPLETED_WITH_ERRORS = "completed_with_errors"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_final(self) -> bool:
+        """True once nothing more will happen to the job."""
+        return self not in (JobState.QUEUED, JobState.RUNNING)
+
+
+class JobSpec(BaseModel):
+    """Everything a worker needs to run a job: which model, which task, over which rows, where to.
+
+    Give either ``inputs`` (a list of strings, carried inline) or ``dataset`` (a Hub dataset id, a
+    local ``save_to_disk`` folder, or data files: a csv/json/jsonl/parquet path, glob or list of them).
+
+    >>> JobSpec(task="sentiment-analysis", model="my/model", inputs=["great", "awful"]).task
+    'text-classification'
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    task: str = Field(description="Task name or alias, e.g. feature-extraction, text-classification.")
+    model: str = Field(min_length=1, description="Hub model id or local model folder.")
+    revision: str | None = Field(None, description="Model branch, tag or commit (Hub models).")
+    inputs: list[str] | None = Field(None, description="Rows to run, carried inline.")
+    dataset: str | list[str] | None = Field(None, description="Hub dataset id, local dataset folder or data files.")
+    dataset_config: str | None = Field(None, description="Dataset configuration (subset) name.")
+    split: str = Field("train", description="Dataset split to read.")
+    dataset_revision: str | None = Field(None, description="Dataset branch, tag or commit (Hub datasets).")
+    column: str = Field("text", min_length=1, description="Column that holds the input text.")
+    output_dir: str | None = Field(None, description="Folder under the output root; default: the job id.")
+    chunk_size: int | None = Field(None, gt=0, description="Rows per chunk; default HFQ_CHUNK_SIZE.")
+    options: dict[str, Any] = Field(default_factory=dict, description="Task options, e.g. {'pooling': 'cls'}.")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] | None = Field(
+        None, description="Weights dtype; default HFQ_DTYPE."
+    )
+    trust_remote_code: bool = Field(False, description="Run code shipped with the model (worker must allow it).")
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, name: str) -> str:
+        return tasks.canonical_name(name)
+
+    @model_validator(mode="after")
+    def _one_source_and_valid_options(self) -> "JobSpec":
+        if (self.inputs is None) == (self.dataset is None):
+            raise ValueError("give exactly one of `inputs` (a list of strings) or `dataset`")
+        if self.inputs is not None and not self.inputs:
+            raise ValueError("`inputs` is empty: give at least one row")
+        self.options = tasks.get(self.task).validate_options(self.options)
+        return self
+
+
+class Source(BaseModel):
+    """Where a chunk's rows come from, resolved at submit time. Messages carry this, not the rows."""
+
+    kind: Literal["inline", "disk", "files", "hub"]
+    path: str | None = None
+    data_files: list[str] | None = None
+    builder: str | None = None
+    config: str | None = None
+    split: str | None = None
+    revision: str | None = None
+    column: str = "text"
+
+
+class Chunk(BaseModel):
+    """Rows ``[start, end)`` of a job, written as part ``index``."""
+
+    index: int
+    start: int
+    end: int
+
+    @property
+    def rows(self) -> int:
+        """Number of rows in the chunk."""
+        return self.end - self.start
+
+
+def plan_chunks(total_rows: int, chunk_size: int) -> list[Chunk]:
+    """Split ``total_rows`` rows into consecutive chunks of at most ``chunk_size`` rows.
+
+    >>> [(c.start, c.end) for c in plan_chunks(5, 2)]
+    [(0, 2), (2, 4), (4, 5)]
+    """
+    if chunk_size <= 0:
+        raise ValueError(f"chunk_size must be > 0, got {chunk_size}")
+    return [
+        Chunk(index=i, start=start, end=min(start + chunk_size, total_rows))
+        for i, start in enumerate(range(0, total_rows, chunk_size))
+    ]
+
+
+class JobStatus(BaseModel):
+    """A snapshot of a job's progress, as ``Job.status()`` and ``hfq status`` report it."""
+
+    job_id: str
+    state: JobState
+    task: str
+    model: str
+    rows_total: int
+    rows_done: int = 0
+    rows_failed: int = 0
+    chunks_total: int
+    chunks_done: int = 0
+    chunks_failed: int = 0
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    output_dir: str
+    error: str | None = None
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds since the first chunk started (to the end, once final)."""
+        if self.started_at is None:
+            return 0.0
+        return (self.finished_at or time.time()) - self.started_at
+
+    @property
+    def rows_per_second(self) -> float:
+        """Rows finished per second of running time."""
+        return (self.rows_done + self.rows_failed) / self.elapsed if self.elapsed > 0 else 0.0
+
+    @property
+    def eta_seconds(self) -> float | None:
+        """Estimated seconds until all rows are done, at the current rate; None before a rate exists."""
+        if self.state.is_final:
+            return 0.0
+        rate = self.rows_per_second
+        left = self.rows_total - self.rows_done - self.rows_failed
+        return left / rate if rate > 0 else None
+
+    def summary(self) -> dict[str, Any]:
+        """The status with its derived numbers, for JSON output."""
+        out = self.model_dump(mode="json")
+        out.update(
+            rows_per_second=round(self.rows_per_second, 2),
+            eta_seconds=None if self.eta_seconds is None else round(self.eta_seconds, 1),
+            elapsed_seconds=round(self.elapsed, 2),
+        )
+        return out
+
+
+class Keys:
+    """Every Redis key hfqueue writes, in one place. Each has a TTL (job keys) or an owner that trims it."""
+
+    jobs = f"{KEY_PREFIX}:jobs"  # sorted set job id -> created time; entries of expired jobs are pruned
+
+    @staticmethod
+    def job(job_id: str) -> str:
+        """Hash: the job record (spec, plan, counters, state)."""
+        return f"{KEY_PREFIX}:job:{job_id}"
+
+    @staticmethod
+    def chunks(job_id: str) -> str:
+        """Hash: chunk index -> JSON of the chunk's state, attempts, counts, timings, error."""
+        return f"{KEY_PREFIX}:job:{job_id}:chunks"
+
+    @staticmethod
+    def done(job_id: str) -> str:
+        """Set: indexes of chunks counted as finished (so a re-delivered chunk is counted once)."""
+        return f"{KEY_PREFIX}:job:{job_id}:done"

@@ -1,0 +1,40 @@
+"""The manifest: a job's durable record in its output folder, rebuilt from the Redis record on each state change."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from hfqueue.sinks.local import read_manifest, write_manifest
+from hfqueue.store import JobStore
+
+
+def sync_manifest(store: JobStore, job_id: str) -> dict[str, Any]:
+    """Write the job's current state, counts and timings from Redis into ``manifest.json``; return it."""
+    rec = store.get(job_id)
+    status = store.status(job_id)
+    out_dir = Path(rec["output_dir"])
+    manifest: dict[str, Any] = read_manifest(out_dir) if (out_dir / "manifest.json").exists() else {}
+    manifest.update(
+        job_id=job_id,
+        spec=json.loads(rec["spec"]),
+        source=json.loads(rec["source"]),
+        chunks=json.loads(rec["chunks"]),
+        model_revision=rec.get("model_revision") or None,
+        state=status.state.value,
+        error=status.error,
+        rows_total=status.rows_total,
+        rows_done=status.rows_done,
+        rows_failed=status.rows_failed,
+        chunks_total=status.chunks_total,
+        chunks_done=status.chunks_done,
+        chunks_failed=status.chunks_failed,
+        created_at=status.created_at,
+        started_at=status.started_at,
+        finished_at=status.finished_at,
+        elapsed_seconds=round(status.elapsed, 3),
+        rows_per_second=round(status.rows_per_second, 2),
+    )
+    write_manifest(out_dir, manifest)
+    return manifest

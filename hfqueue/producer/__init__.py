@@ -1,0 +1,1 @@
+"""The producer side: the Python client, job planning and the ``hfq`` command."""

@@ -1,0 +1,233 @@
+"""The ``hfq`` command: submit, follow and cancel jobs, run workers, stop the embedded Redis.
+
+Exit codes: 0 done, 1 the job failed or was cancelled, 2 bad input or settings, 3 the job finished
+with some rows failed, 124 a wait timed out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from hfqueue import embedded
+from hfqueue.config import Settings, load_settings
+from hfqueue.errors import HfqError, JobFailedError, WaitTimeoutError
+from hfqueue.jobs import JobState, JobStatus
+
+EXIT_FAILED, EXIT_INPUT, EXIT_PARTIAL, EXIT_TIMEOUT = 1, 2, 3, 124
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``hfq``."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings()
+        logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        return int(args.func(args, settings) or 0)
+    except WaitTimeoutError as exc:
+        print(f"hfq: {exc}", file=sys.stderr)
+        return EXIT_TIMEOUT
+    except JobFailedError as exc:
+        print(f"hfq: {exc}", file=sys.stderr)
+        if getattr(args, "json", False) and exc.status is not None:
+            print(json.dumps(exc.status.summary(), indent=2))
+        return EXIT_FAILED
+    except HfqError as exc:
+        print(f"hfq: error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hfq", description="Batch inference jobs for Hugging Face models, "
+                                     "on Celery and Redis. Settings come from HFQ_* environment variables.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    for name, func, helptext in (("submit", _submit, "submit a job and print its id"),
+                                 ("run", _run, "submit a job and wait for it, with a progress bar")):
+        p = sub.add_parser(name, help=helptext, description=helptext)
+        _spec_arguments(p)
+        if name == "run":
+            p.add_argument("--timeout", type=float, help="give up waiting after this many seconds")
+        p.add_argument("--json", action="store_true", help="print JSON")
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("status", help="show a job's state and progress")
+    p.add_argument("job_id")
+    p.add_argument("--chunks", action="store_true", help="also show each chunk's state")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_status)
+
+    p = sub.add_parser("wait", help="wait until a job ends (exit code tells how it ended)")
+    p.add_argument("job_id")
+    p.add_argument("--timeout", type=float, help="give up waiting after this many seconds (exit 124)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print the final status as JSON")
+    p.set_defaults(func=_wait)
+
+    p = sub.add_parser("cancel", help="cancel a job: queued chunks never run, the running one stops")
+    p.add_argument("job_id")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_cancel)
+
+    p = sub.add_parser("jobs", help="list recent jobs, newest first")
+    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_jobs)
+
+    p = sub.add_parser("worker", help="run a worker in the foreground (one model-serving process)")
+    p.add_argument("--name", help="Celery node name (default hfq-PID@HOST)")
+    p.add_argument("--loglevel", help="log level (default HFQ_LOG_LEVEL)")
+    p.set_defaults(func=_worker)
+
+    p = sub.add_parser("down", help="stop the embedded redis-server (its data stays in the state folder)")
+    p.set_defaults(func=_down)
+
+    p = sub.add_parser("demo", help="embed a real text dataset with all-MiniLM-L6-v2, end to end (make run)")
+    p.add_argument("--rows", type=int, default=2000, help="sentences to embed")
+    p.set_defaults(func=_demo)
+    return parser
+
+
+def _spec_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--task", required=True, help="task name, e.g. feature-extraction, text-classification")
+    p.add_argument("--model", required=True, help="Hub model id or local model folder")
+    p.add_argument("--revision", help="model branch, tag or commit")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--dataset", nargs="+", help="Hub dataset id, local dataset folder, or data files (globs ok)")
+    src.add_argument("--inputs-file", type=Path, help="a text file with one input per line")
+    src.add_argument("--input", action="append", dest="inputs", help="an input row (repeat for more)")
+    p.add_argument("--dataset-config", help="dataset configuration (subset) name")
+    p.add_argument("--split", default="train", help="dataset split (default: train)")
+    p.add_argument("--dataset-revision", help="dataset branch, tag or commit")
+    p.add_argument("--column", default="text", help="input column (default: text)")
+    p.add_argument("--output-dir", help="folder under HFQ_OUTPUT_ROOT (default: the job id)")
+    p.add_argument("--chunk-size", type=int, help="rows per chunk (default: HFQ_CHUNK_SIZE)")
+    p.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"])
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="task option, e.g. pooling=cls or normalize=true (repeat for more)")
+
+
+def _spec_fields(args: argparse.Namespace) -> dict[str, Any]:
+    fields: dict[str, Any] = {k: getattr(args, k) for k in (
+        "task", "model", "revision", "dataset_config", "split", "dataset_revision", "column", "output_dir",
+        "chunk_size", "dtype") if getattr(args, k) is not None}
+    if args.dataset:
+        fields["dataset"] = args.dataset[0] if len(args.dataset) == 1 else args.dataset
+    elif args.inputs_file:
+        fields["inputs"] = [line for line in args.inputs_file.read_text().splitlines() if line.strip()]
+    else:
+        fields["inputs"] = args.inputs
+    fields["options"] = dict(_option(o) for o in args.option)
+    return fields
+
+
+def _option(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise HfqError(f"--option takes KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def _client(settings: Settings) -> Any:
+    from hfqueue.producer.client import Client
+
+    return Client(settings)
+
+
+def _submit(args: argparse.Namespace, settings: Settings) -> int:
+    job = _client(settings).submit(**_spec_fields(args))
+    print(json.dumps({"job_id": job.id}) if args.json else job.id)
+    return 0
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> int:
+    job = _client(settings).submit(**_spec_fields(args))
+    print(f"submitted job {job.id}", file=sys.stderr)
+    return _finish(job.wait(args.timeout, progress=sys.stderr.isatty()), args.json)
+
+
+def _wait(args: argparse.Namespace, settings: Settings) -> int:
+    job = _client(settings).job(args.job_id)
+    return _finish(job.wait(args.timeout, progress=not args.no_progress and sys.stderr.isatty()), args.json)
+
+
+def _finish(status: JobStatus, as_json: bool) -> int:
+    print(json.dumps(status.summary(), indent=2) if as_json else _describe(status))
+    return EXIT_PARTIAL if status.state == JobState.COMPLETED_WITH_ERRORS else 0
+
+
+def _status(args: argparse.Namespace, settings: Settings) -> int:
+    job = _client(settings).job(args.job_id)
+    status = job.status()
+    chunks = job.chunks() if args.chunks else None
+    if args.json:
+        out = status.summary()
+        if chunks is not None:
+            out["chunk_states"] = {str(k): v for k, v in sorted(chunks.items())}
+        print(json.dumps(out, indent=2))
+        return 0
+    print(_describe(status))
+    for index, info in sorted((chunks or {}).items()):
+        print(f"  chunk {index}: {info.get('state')} {info.get('error', '')}".rstrip())
+    return 0
+
+
+def _cancel(args: argparse.Namespace, settings: Settings) -> int:
+    status = _client(settings).job(args.job_id).cancel()
+    print(json.dumps(status.summary(), indent=2) if args.json else _describe(status))
+    return 0
+
+
+def _jobs(args: argparse.Namespace, settings: Settings) -> int:
+    statuses = _client(settings).jobs(args.limit)
+    if args.json:
+        print(json.dumps([s.summary() for s in statuses], indent=2))
+        return 0
+    print(f"{'JOB':24} {'STATE':22} {'ROWS':>15} {'ROWS/S':>8}  TASK / MODEL")
+    for s in statuses:
+        rows = f"{s.rows_done + s.rows_failed}/{s.rows_total}"
+        print(f"{s.job_id:24} {s.state.value:22} {rows:>15} {s.rows_per_second:8.1f}  {s.task} {s.model}")
+    return 0
+
+
+def _describe(s: JobStatus) -> str:
+    eta = "" if s.eta_seconds in (None, 0.0) else f", ETA {s.eta_seconds:.0f} s"
+    lines = [
+        f"job {s.job_id}: {s.state.value}",
+        f"  rows: {s.rows_done} done, {s.rows_failed} failed, {s.rows_total} total "
+        f"({s.rows_per_second:.1f} rows/s over {s.elapsed:.1f} s{eta})",
+        f"  chunks: {s.chunks_done}/{s.chunks_total} finished, {s.chunks_failed} failed",
+        f"  output: {s.output_dir}",
+    ]
+    if s.error:
+        lines.append(f"  error: {s.error}")
+    return "\n".join(lines)
+
+
+def _worker(args: argparse.Namespace, settings: Settings) -> int:
+    from hfqueue.worker.app import run_worker
+
+    run_worker(settings, name=args.name, loglevel=args.loglevel)
+    return 0
+
+
+def _down(args: argparse.Namespace, settings: Settings) -> int:
+    stopped = embedded.stop_embedded(settings.state_dir)
+    print("stopped the embedded redis-server" if stopped else "no embedded redis-server was running")
+    return 0
+
+
+def _demo(args: argparse.Namespace, settings: Settings) -> int:
+    from hfqueue.demo import run_demo
+
+    return run_demo(settings, rows=args.rows)

@@ -1,0 +1,193 @@
+"""The Python API: ``Client`` submits jobs and finds them again; ``Job`` follows one job."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+
+from hfqueue.config import Settings, load_settings
+from hfqueue.errors import (BrokerUnavailableError, HfqError, InvalidSpecError, JobCancelledError, JobFailedError,
+                            WaitTimeoutError)
+from hfqueue.jobs import JobSpec, JobState, JobStatus
+from hfqueue.manifest import sync_manifest
+from hfqueue.producer.planner import messages, plan_job
+from hfqueue.sinks.local import MANIFEST, part_files
+from hfqueue.store import JobStore, redis_client
+from hfqueue.worker.app import CHUNK_TASK, broker_url, make_celery
+
+if TYPE_CHECKING:
+    import datasets
+
+logger = logging.getLogger(__name__)
+
+
+class Client:
+    """Submits jobs to the queue and finds them again.
+
+    >>> client = Client()                                          # doctest: +SKIP
+    >>> job = client.submit(task="feature-extraction", model="sentence-transformers/all-MiniLM-L6-v2",
+    ...                     inputs=["a sentence", "another one"])  # doctest: +SKIP
+    >>> job.result()["embedding"]                                  # doctest: +SKIP
+    """
+
+    def __init__(self, settings: Settings | None = None, **overrides: Any) -> None:
+        self.settings = settings or load_settings(**overrides)
+        self.url = broker_url(self.settings)
+        self.store = JobStore(redis_client(self.url, self.settings), self.settings.job_ttl)
+        self._celery = make_celery(self.settings, self.url)
+
+    def submit(self, spec: JobSpec | dict[str, Any] | None = None, /, **fields: Any) -> "Job":
+        """Check a job, write its record and enqueue its chunks; return a :class:`Job` at once.
+
+        Give a :class:`JobSpec` (or a dict of its fields), or its fields as keyword arguments.
+        Anything wrong with the spec raises :class:`InvalidSpecError` and nothing is enqueued.
+        """
+        spec = _build_spec(spec, fields)
+        job_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+        plan = plan_job(spec, self.settings, job_id)
+        stored_spec = spec.model_dump(mode="json", exclude={"inputs"})
+        self.store.create(job_id, {
+            "spec": stored_spec, "source": plan.source.model_dump(), "rows_total": plan.rows_total,
+            "chunks_total": len(plan.chunks), "chunks": [c.model_dump() for c in plan.chunks],
+            "output_dir": str(plan.output_dir),
+        })
+        try:
+            sync_manifest(self.store, job_id)
+            with self._celery.producer_or_acquire() as producer:
+                for message in messages(plan, job_id):
+                    self._celery.send_task(CHUNK_TASK, args=[message], queue=self.settings.queue, producer=producer)
+        except Exception as exc:
+            # Chunks already sent find no job record and are skipped: nothing half-enqueued runs.
+            self.store.delete(job_id)
+            (plan.output_dir / MANIFEST).unlink(missing_ok=True)
+            raise BrokerUnavailableError(f"could not enqueue job {job_id}: {exc}", value=job_id) from exc
+        logger.info("submitted job %s: %d rows in %d chunks", job_id, plan.rows_total, len(plan.chunks))
+        return Job(self, job_id)
+
+    def job(self, job_id: str) -> "Job":
+        """Reattach to a job by id (from any process); :class:`JobNotFoundError` if Redis has no such job."""
+        self.store.get(job_id)
+        return Job(self, job_id)
+
+    def jobs(self, limit: int = 100) -> list[JobStatus]:
+        """Status of the newest ``limit`` jobs, newest first."""
+        out = []
+        for job_id in self.store.job_ids(limit):
+            try:
+                out.append(self.store.status(job_id))
+            except HfqError:  # expired between listing and reading
+                continue
+        return out
+
+    def close(self) -> None:
+        """Release Redis connections."""
+        self.store.r.close()
+        self._celery.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Job:
+    """A submitted job. Cheap to create; every method asks Redis or the output folder afresh."""
+
+    def __init__(self, client: Client, job_id: str) -> None:
+        self.client = client
+        self.id = job_id
+
+    def __repr__(self) -> str:
+        return f"Job({self.id!r})"
+
+    @property
+    def output_dir(self) -> Path:
+        """The folder holding the job's parts and manifest."""
+        return Path(self.client.store.get(self.id)["output_dir"])
+
+    def status(self) -> JobStatus:
+        """State, rows total/done/failed, chunks, rows per second, ETA."""
+        return self.client.store.status(self.id)
+
+    def chunks(self) -> dict[int, dict[str, Any]]:
+        """Per-chunk state (running, done, failed), worker, attempts, timings, error."""
+        return self.client.store.chunk_states(self.id)
+
+    def cancel(self) -> JobStatus:
+        """Stop the job: queued chunks never run, a running chunk stops at its next batch."""
+        if self.client.store.transition(self.id, JobState.CANCELLED, time_field="finished_at",
+                                        error="cancelled by user"):
+            sync_manifest(self.client.store, self.id)
+        return self.status()
+
+    def wait(self, timeout: float | None = None, *, progress: bool = False, poll_interval: float = 0.5) -> JobStatus:
+        """Block until the job ends; return its final status.
+
+        Raises :class:`JobFailedError` (failed), :class:`JobCancelledError` (cancelled) or
+        :class:`WaitTimeoutError` when ``timeout`` seconds pass first. A job that ends
+        ``completed_with_errors`` returns normally: check ``rows_failed``.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        bar = _progress_bar(self.status().rows_total, self.id) if progress else None
+        try:
+            while True:
+                status = self.status()
+                if bar is not None:
+                    bar.n = status.rows_done + status.rows_failed
+                    bar.set_postfix(state=status.state.value, rows_s=f"{status.rows_per_second:.1f}", refresh=True)
+                if status.state.is_final:
+                    break
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise WaitTimeoutError(
+                        f"job {self.id} still {status.state.value} after {timeout} s "
+                        f"({status.rows_done}/{status.rows_total} rows); it keeps running", value=self.id)
+                time.sleep(poll_interval if deadline is None else max(0.0, min(poll_interval, deadline - time.monotonic())))
+        finally:
+            if bar is not None:
+                bar.close()
+        if status.state == JobState.CANCELLED:
+            raise JobCancelledError(f"job {self.id} was cancelled", value=self.id, status=status)
+        if status.state == JobState.FAILED:
+            raise JobFailedError(f"job {self.id} failed: {status.error}", value=self.id, status=status)
+        return status
+
+    def result(self, timeout: float | None = None) -> "datasets.Dataset":
+        """The results as a ``datasets.Dataset``, one row per input row, in input order (waits first).
+
+        Columns: ``row_idx``, the input column, and the task's output columns. Rows of failed chunks
+        are absent (see ``status().rows_failed``).
+        """
+        import datasets
+
+        self.wait(timeout)
+        parts = [str(p) for p in part_files(self.output_dir)]
+        if not parts:
+            raise HfqError(f"job {self.id} finished without any result part in {self.output_dir}", value=self.id)
+        datasets.disable_progress_bars()
+        return datasets.load_dataset("parquet", data_files=parts, split="train")
+
+
+def _build_spec(spec: JobSpec | dict[str, Any] | None, fields: dict[str, Any]) -> JobSpec:
+    if isinstance(spec, JobSpec):
+        if fields:
+            spec = spec.model_copy(update=fields)
+            return _build_spec(spec.model_dump(), {})
+        return spec
+    try:
+        return JobSpec(**{**(spec or {}), **fields})
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'spec'}: {e['msg'].removeprefix('Value error, ')}"
+                             for e in exc.errors())
+        raise InvalidSpecError(f"invalid job spec: {problems}", value=fields or spec) from None
+
+
+def _progress_bar(total: int, job_id: str) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=f"job {job_id}", unit="row", dynamic_ncols=True)

@@ -1,0 +1,77 @@
+"""Planning a job at submit time: check what can be checked cheaply, then cut the rows into chunks.
+
+Everything that can fail here fails before anything is written or enqueued.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hfqueue import sources
+from hfqueue.config import Settings
+from hfqueue.errors import InvalidSpecError, SourceNotFoundError
+from hfqueue.jobs import Chunk, JobSpec, Source, plan_chunks
+from hfqueue.sinks.local import MANIFEST, part_files, resolve_output_dir
+
+
+@dataclass
+class Plan:
+    """A checked job: its source, row count, chunks and output folder."""
+
+    spec: JobSpec
+    source: Source
+    rows_total: int
+    chunks: list[Chunk]
+    output_dir: Path
+
+
+def plan_job(spec: JobSpec, settings: Settings, job_id: str) -> Plan:
+    """Check model, source, column and output folder; count rows; cut chunks."""
+    check_model(spec.model)
+    output_dir = resolve_output_dir(settings.output_root, spec.output_dir, job_id)
+    if (output_dir / MANIFEST).exists() or part_files(output_dir):
+        raise InvalidSpecError(f"output_dir {output_dir} already holds a job's results; choose another folder",
+                               value=spec.output_dir)
+    source = sources.resolve(spec)
+    if spec.inputs is not None:
+        rows = len(spec.inputs)
+        if rows > settings.max_inline_rows:
+            raise InvalidSpecError(
+                f"{rows} inline inputs exceed HFQ_MAX_INLINE_ROWS ({settings.max_inline_rows}); "
+                "save them as a dataset or data file and submit that instead", value=rows)
+    else:
+        rows = len(sources.open_dataset(source))
+    if rows == 0:
+        raise InvalidSpecError(f"split {spec.split!r} of {spec.dataset!r} has no rows", value=spec.dataset)
+    chunks = plan_chunks(rows, spec.chunk_size or settings.chunk_size)
+    return Plan(spec, source, rows, chunks, output_dir)
+
+
+def messages(plan: Plan, job_id: str) -> Iterator[dict[str, Any]]:
+    """The chunk task messages: references to the rows, or the rows themselves for inline inputs."""
+    spec = plan.spec.model_dump(mode="json", exclude={"inputs"})
+    for chunk in plan.chunks:
+        inline = plan.spec.inputs[chunk.start:chunk.end] if plan.spec.inputs is not None else None
+        yield {"job_id": job_id, "chunk": chunk.model_dump(), "spec": spec, "source": plan.source.model_dump(),
+               "output_dir": str(plan.output_dir), "inputs": inline}
+
+
+def check_model(model: str) -> None:
+    """A local model path must exist; anything else must be a well-formed Hub model id."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    path = Path(model).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise SourceNotFoundError(f"model path {model!r} is a file; give the model's folder", value=model)
+        return
+    if model.startswith((".", "/", "~")) or model.count("/") > 1:
+        raise SourceNotFoundError(f"model path {model!r} does not exist", value=model)
+    try:
+        validate_repo_id(model)
+    except HFValidationError as exc:
+        raise InvalidSpecError(f"model {model!r} is neither a local folder nor a Hub model id: {exc}",
+                               value=model) from None

@@ -1,0 +1,83 @@
+"""A job's output folder: one Parquet part per chunk plus ``manifest.json``, the durable record.
+
+Parts are written to a temporary name and renamed, under a name fixed by the chunk index, so a chunk
+that runs twice leaves one complete part and a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from hfqueue.errors import InvalidSpecError
+
+ROW_INDEX = "row_idx"
+MANIFEST = "manifest.json"
+
+
+def resolve_output_dir(output_root: Path, output_dir: str | None, job_id: str) -> Path:
+    """The absolute folder a job writes to; it must lie inside ``output_root`` (symlinks resolved).
+
+    A relative ``output_dir`` is taken under the root, so ``"run1"`` means ``<root>/run1``.
+    """
+    root = output_root.expanduser().resolve()
+    target = (root / (output_dir or job_id)).expanduser().resolve()
+    if target != root and root not in target.parents:
+        raise InvalidSpecError(
+            f"output_dir {output_dir!r} resolves to {target}, outside the output root {root}; "
+            "give a folder under the root, or change HFQ_OUTPUT_ROOT",
+            value=output_dir,
+        )
+    if target == root:
+        raise InvalidSpecError("output_dir must be a folder under the output root, not the root itself", value=output_dir)
+    return target
+
+
+def part_path(out_dir: Path, index: int) -> Path:
+    """Path of chunk ``index``'s part."""
+    return out_dir / f"part-{index:05d}.parquet"
+
+
+def write_part(out_dir: Path, index: int, table: pa.Table) -> Path:
+    """Write chunk ``index``'s rows atomically; a second write of the same chunk replaces the first whole."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    final = part_path(out_dir, index)
+    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{final.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, final)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return final
+
+
+def part_rows(path: Path) -> int:
+    """Rows in a finished part, read from its footer."""
+    return pq.ParquetFile(path).metadata.num_rows
+
+
+def part_files(out_dir: Path) -> list[Path]:
+    """The finished parts of a job, in chunk order."""
+    return sorted(out_dir.glob("part-*.parquet"))
+
+
+def write_manifest(out_dir: Path, manifest: dict[str, Any]) -> None:
+    """Write ``manifest.json`` atomically."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".manifest.", suffix=".tmp")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(manifest, fh, indent=2, sort_keys=True)
+    os.replace(tmp, out_dir / MANIFEST)
+
+
+def read_manifest(out_dir: Path) -> dict[str, Any]:
+    """The job's manifest."""
+    return json.loads((out_dir / MANIFEST).read_text())

@@ -1,0 +1,109 @@
+"""Where rows come from: resolve a spec's ``dataset`` to a :class:`Source`, open it, read row ranges.
+
+The producer resolves and opens a source once at submit time (to check that split and column exist and
+to count rows); chunk messages then carry the :class:`Source` and a row range, and each worker opens the
+dataset itself. ``datasets`` memory-maps Arrow files, so reading a range does not load the whole set.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+from collections import OrderedDict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hfqueue.errors import SourceNotFoundError
+from hfqueue.jobs import JobSpec, Source
+
+if TYPE_CHECKING:
+    import datasets
+
+logger = logging.getLogger(__name__)
+
+_BUILDERS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+_DISK_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
+_OPEN_CACHE: OrderedDict[str, Any] = OrderedDict()
+_OPEN_CACHE_SIZE = 4
+
+
+def resolve(spec: JobSpec) -> Source:
+    """Classify the spec's source: inline rows, a ``save_to_disk`` folder, data files, or a Hub id / folder."""
+    if spec.inputs is not None:
+        return Source(kind="inline", column=spec.column)
+    items = [spec.dataset] if isinstance(spec.dataset, str) else list(spec.dataset or [])
+    common = {"split": spec.split, "column": spec.column}
+    if len(items) == 1 and Path(items[0]).expanduser().is_dir():
+        folder = Path(items[0]).expanduser().resolve()
+        if any((folder / m).exists() for m in _DISK_MARKERS):
+            return Source(kind="disk", path=str(folder), **common)
+        return Source(kind="hub", path=str(folder), config=spec.dataset_config, **common)
+    suffixes = {_suffix(item) for item in items}
+    if suffixes <= set(_BUILDERS) and len({_BUILDERS[s] for s in suffixes}) == 1:
+        files = sorted({str(Path(f).resolve()) for item in items for f in glob.glob(str(Path(item).expanduser()))})
+        if not files:
+            raise SourceNotFoundError(f"no data files match {spec.dataset!r}; check the path or glob", value=spec.dataset)
+        return Source(kind="files", builder=_BUILDERS[suffixes.pop()], data_files=files, **common)
+    if len(items) != 1 or _looks_local(items[0]):
+        raise SourceNotFoundError(
+            f"dataset {spec.dataset!r} is not a dataset folder, csv/json/jsonl/parquet files, or a Hub dataset id",
+            value=spec.dataset,
+        )
+    return Source(kind="hub", path=items[0], config=spec.dataset_config, revision=spec.dataset_revision, **common)
+
+
+def open_dataset(source: Source) -> "datasets.Dataset":
+    """Open the source's split (cached per process); :class:`SourceNotFoundError` names what is missing."""
+    key = source.model_dump_json()
+    if key in _OPEN_CACHE:
+        _OPEN_CACHE.move_to_end(key)
+        return _OPEN_CACHE[key]
+    ds = _open(source)
+    if source.column not in ds.column_names:
+        raise SourceNotFoundError(
+            f"column {source.column!r} not in the dataset; its columns are {ds.column_names}", value=source.column
+        )
+    _OPEN_CACHE[key] = ds
+    if len(_OPEN_CACHE) > _OPEN_CACHE_SIZE:
+        _OPEN_CACHE.popitem(last=False)
+    return ds
+
+
+def read_rows(source: Source, start: int, end: int) -> list[Any]:
+    """Values of the source's column for rows ``[start, end)``, in order."""
+    return open_dataset(source).select(range(start, end))[source.column]
+
+
+def _open(source: Source) -> "datasets.Dataset":
+    import datasets
+
+    datasets.disable_progress_bars()
+    try:
+        if source.kind == "disk":
+            loaded = datasets.load_from_disk(source.path)
+            if isinstance(loaded, datasets.DatasetDict):
+                if source.split not in loaded:
+                    raise SourceNotFoundError(
+                        f"split {source.split!r} not in {source.path}; its splits are {list(loaded)}",
+                        value=source.split,
+                    )
+                return loaded[source.split]
+            return loaded
+        if source.kind == "files":
+            # Data files form one split, named as the spec asks, so any split name is accepted.
+            return datasets.load_dataset(source.builder, data_files={source.split: source.data_files},
+                                         split=source.split)
+        return datasets.load_dataset(source.path, source.config, split=source.split, revision=source.revision)
+    except SourceNotFoundError:
+        raise
+    except Exception as exc:  # datasets raises ValueError, FileNotFoundError, DatasetNotFoundError, ...
+        where = source.path or source.data_files
+        raise SourceNotFoundError(f"cannot read split {source.split!r} of {where}: {exc}", value=where) from exc
+
+
+def _suffix(path: str) -> str:
+    return Path(path).suffix.lower()
+
+
+def _looks_local(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or Path(name).expanduser().exists()

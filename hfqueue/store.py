@@ -1,0 +1,175 @@
+"""The job record in Redis: created by the producer, advanced by workers, read by everyone.
+
+State changes and chunk completions are Lua scripts, so two workers finishing chunks at once, or a
+chunk delivered twice, can never count rows twice or move a cancelled job back to running.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from hfqueue.config import Settings
+from hfqueue.errors import JobNotFoundError
+from hfqueue.jobs import JobState, JobStatus, Keys
+
+# KEYS: job hash; ARGV: new state, time field ('' for none), time, allowed previous states...
+_TRANSITION = """
+local cur = redis.call('HGET', KEYS[1], 'state')
+if not cur then return -1 end
+for i = 4, #ARGV do
+  if cur == ARGV[i] then
+    redis.call('HSET', KEYS[1], 'state', ARGV[1])
+    if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], ARGV[2], ARGV[3]) end
+    return 1
+  end
+end
+return 0
+"""
+
+# KEYS: job hash, done set, chunks hash; ARGV: index, rows ok, rows failed, chunk json, ttl, chunk failed (0/1)
+# Returns the number of finished chunks, or -1 when this chunk was already counted (a re-delivery).
+_FINISH_CHUNK = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -2 end
+if redis.call('SADD', KEYS[2], ARGV[1]) == 0 then return -1 end
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[4])
+redis.call('HINCRBY', KEYS[1], 'rows_done', ARGV[2])
+redis.call('HINCRBY', KEYS[1], 'rows_failed', ARGV[3])
+if ARGV[6] == '1' then redis.call('HINCRBY', KEYS[1], 'chunks_failed', 1) end
+local n = redis.call('HINCRBY', KEYS[1], 'chunks_done', 1)
+for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[5]) end
+return n
+"""
+
+_LIVE = (JobState.QUEUED.value, JobState.RUNNING.value)
+
+
+def redis_client(url: str, settings: Settings) -> redis.Redis:
+    """A Redis client that rides out a Redis restart: timeouts, keepalive, and retries with back-off."""
+    return redis.Redis.from_url(
+        url,
+        decode_responses=True,
+        socket_timeout=settings.redis_socket_timeout,
+        socket_connect_timeout=settings.redis_socket_timeout,
+        socket_keepalive=True,
+        health_check_interval=settings.redis_health_check_interval,
+        retry=Retry(ExponentialBackoff(cap=5.0, base=0.2), retries=12),
+        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+    )
+
+
+class JobStore:
+    """Reads and writes job records. One instance per process; cheap to share."""
+
+    def __init__(self, client: redis.Redis, ttl: int) -> None:
+        self.r = client
+        self.ttl = ttl
+        self._transition = client.register_script(_TRANSITION)
+        self._finish = client.register_script(_FINISH_CHUNK)
+
+    def create(self, job_id: str, fields: dict[str, Any]) -> None:
+        """Write a new job record (state queued) and index it; prune index entries of expired jobs."""
+        now = time.time()
+        record = {"state": JobState.QUEUED.value, "created_at": now, "rows_done": 0, "rows_failed": 0,
+                  "chunks_done": 0, "chunks_failed": 0, **fields}
+        with self.r.pipeline() as p:
+            p.hset(Keys.job(job_id), mapping={k: _enc(v) for k, v in record.items()})
+            p.expire(Keys.job(job_id), self.ttl)
+            p.zadd(Keys.jobs, {job_id: now})
+            p.zremrangebyscore(Keys.jobs, "-inf", now - self.ttl)
+            p.execute()
+
+    def delete(self, job_id: str) -> None:
+        """Remove every key of a job (used when a submit could not enqueue all its chunks)."""
+        with self.r.pipeline() as p:
+            p.delete(Keys.job(job_id), Keys.chunks(job_id), Keys.done(job_id))
+            p.zrem(Keys.jobs, job_id)
+            p.execute()
+
+    def get(self, job_id: str) -> dict[str, str]:
+        """The raw job record; :class:`JobNotFoundError` when Redis has none."""
+        record = self.r.hgetall(Keys.job(job_id))
+        if not record:
+            raise JobNotFoundError(f"no job {job_id!r} in Redis (unknown id, expired, or Redis lost it)", value=job_id)
+        return record
+
+    def state(self, job_id: str) -> JobState | None:
+        """The job's state, or None when the record is gone."""
+        value = self.r.hget(Keys.job(job_id), "state")
+        return JobState(value) if value else None
+
+    def status(self, job_id: str) -> JobStatus:
+        """A :class:`JobStatus` snapshot of the job."""
+        rec = self.get(job_id)
+        spec = json.loads(rec["spec"])
+        return JobStatus(
+            job_id=job_id, state=rec["state"], task=spec["task"], model=spec["model"],
+            rows_total=int(rec["rows_total"]), rows_done=int(rec["rows_done"]),
+            rows_failed=int(rec["rows_failed"]), chunks_total=int(rec["chunks_total"]),
+            chunks_done=int(rec["chunks_done"]), chunks_failed=int(rec["chunks_failed"]),
+            created_at=float(rec["created_at"]), started_at=_float(rec.get("started_at")),
+            finished_at=_float(rec.get("finished_at")), output_dir=rec["output_dir"], error=rec.get("error") or None,
+        )
+
+    def chunk_states(self, job_id: str) -> dict[int, dict[str, Any]]:
+        """Chunk index -> last recorded state of that chunk."""
+        raw = self.r.hgetall(Keys.chunks(job_id))
+        return {int(k): json.loads(v) for k, v in raw.items() if not k.startswith("attempts:")}
+
+    def job_ids(self, limit: int = 100) -> list[str]:
+        """Newest first; index entries whose record expired are dropped on the way."""
+        ids = self.r.zrevrange(Keys.jobs, 0, limit - 1)
+        with self.r.pipeline() as p:
+            for job_id in ids:
+                p.exists(Keys.job(job_id))
+            alive = p.execute()
+        gone = [j for j, ok in zip(ids, alive, strict=True) if not ok]
+        if gone:
+            self.r.zrem(Keys.jobs, *gone)
+        return [j for j, ok in zip(ids, alive, strict=True) if ok]
+
+    def transition(self, job_id: str, new: JobState, *, allowed_from: tuple[str, ...] = _LIVE,
+                   time_field: str = "", **fields: Any) -> bool:
+        """Move the job to ``new`` if it is in one of ``allowed_from``; set ``fields`` when it moved."""
+        moved = self._transition(keys=[Keys.job(job_id)], args=[new.value, time_field, time.time(), *allowed_from])
+        if moved == 1 and fields:
+            self.r.hset(Keys.job(job_id), mapping={k: _enc(v) for k, v in fields.items()})
+        return moved == 1
+
+    def chunk_started(self, job_id: str, index: int, worker: str) -> int:
+        """Record that a chunk started; return its attempt number (1 for the first delivery)."""
+        with self.r.pipeline() as p:
+            p.hincrby(Keys.chunks(job_id), f"attempts:{index}", 1)
+            p.hset(Keys.chunks(job_id), str(index),
+                   json.dumps({"state": "running", "worker": worker, "started_at": time.time()}))
+            p.expire(Keys.chunks(job_id), self.ttl)
+            attempt, *_ = p.execute()
+        return int(attempt)
+
+    def chunk_finished(self, job_id: str, index: int, *, rows_ok: int, rows_failed: int,
+                       info: dict[str, Any], failed: bool = False) -> int:
+        """Count a finished chunk once; return chunks finished so far, -1 if already counted, -2 if no job."""
+        keys = [Keys.job(job_id), Keys.done(job_id), Keys.chunks(job_id)]
+        args = [index, rows_ok, rows_failed, json.dumps(info), self.ttl, int(failed)]
+        return int(self._finish(keys=keys, args=args))
+
+    def set_fields(self, job_id: str, **fields: Any) -> None:
+        """Set plain fields of the job record (e.g. the resolved model revision)."""
+        self.r.hset(Keys.job(job_id), mapping={k: _enc(v) for k, v in fields.items()})
+
+
+def _enc(value: Any) -> str | int | float:
+    if isinstance(value, (dict, list)):
+        return json.dumps(value)
+    if value is None:
+        return ""
+    return value if isinstance(value, (str, int, float)) else str(value)
+
+
+def _float(value: str | None) -> float | None:
+    return float(value) if value else None

@@ -1,0 +1,36 @@
+"""Task adapters, one module per task family, looked up by name or alias.
+
+Adding a task: write a :class:`~hfqueue.tasks.base.TaskAdapter` subclass in its own module and list it
+in ``_ADAPTERS`` below.
+"""
+
+from __future__ import annotations
+
+from hfqueue.tasks.base import TaskAdapter
+from hfqueue.tasks.embeddings import FeatureExtraction
+from hfqueue.tasks.text_classification import TextClassification
+
+_ADAPTERS: tuple[TaskAdapter, ...] = (FeatureExtraction(), TextClassification())
+_BY_NAME: dict[str, TaskAdapter] = {}
+for _adapter in _ADAPTERS:
+    for _name in (_adapter.name, *_adapter.aliases):
+        _BY_NAME[_name] = _adapter
+
+
+def names() -> list[str]:
+    """Canonical names of the tasks hfqueue runs."""
+    return [a.name for a in _ADAPTERS]
+
+
+def canonical_name(name: str) -> str:
+    """The canonical name of a task or alias; ValueError naming the known tasks when unknown."""
+    try:
+        return _BY_NAME[name].name
+    except KeyError:
+        known = ", ".join(sorted(_BY_NAME))
+        raise ValueError(f"unknown task {name!r}; known tasks: {known}") from None
+
+
+def get(name: str) -> TaskAdapter:
+    """The adapter for a task name or alias."""
+    return _BY_NAME[canonical_name(name)]

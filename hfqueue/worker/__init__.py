@@ -1,0 +1,1 @@
+"""The worker side: Celery app, chunk task, resident models, batching."""

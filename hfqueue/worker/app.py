@@ -1,0 +1,47 @@
+"""The Celery app: built from :class:`~hfqueue.config.Settings`, shared by producers (to send) and workers."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+
+from celery import Celery
+
+from hfqueue import embedded
+from hfqueue.config import Settings, celery_config
+
+logger = logging.getLogger(__name__)
+
+CHUNK_TASK = "hfqueue.run_chunk"
+
+
+def broker_url(settings: Settings) -> str:
+    """The configured broker URL, or the embedded redis-server's (started on first use)."""
+    return settings.broker_url or embedded.ensure_running(settings.state_dir)
+
+
+def make_celery(settings: Settings, url: str) -> Celery:
+    """A Celery app configured for hfqueue; it does not become Celery's global current app."""
+    app = Celery("hfqueue", set_as_current=False)
+    app.conf.update(celery_config(settings, url))
+    return app
+
+
+def run_worker(settings: Settings, *, name: str | None = None, loglevel: str | None = None) -> None:
+    """Serve chunk tasks in this process until stopped (``hfq worker``).
+
+    One prefork child serves models: the hard time limit stays enforceable and a child that dies hands
+    its chunk back, while the parent never touches CUDA.
+    """
+    from hfqueue.worker import tasks
+
+    url = broker_url(settings)
+    app = make_celery(settings, url)
+    tasks.register(app, settings, url)
+    node = name or f"hfq-{os.getpid()}@{socket.gethostname()}"
+    app.worker_main([
+        "worker", "--pool=prefork", "--concurrency=1", f"--queues={settings.queue}",
+        f"--hostname={node}", f"--loglevel={loglevel or settings.log_level}", "--without-mingle",
+        "--without-gossip", "--task-events",
+    ])

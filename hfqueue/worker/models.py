@@ -1,0 +1,63 @@
+"""Models resident in a worker process: loaded once per (task, model, revision, device, dtype), LRU-bounded."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+from collections import OrderedDict
+
+from hfqueue.tasks.base import LoadedModel, TaskAdapter
+
+logger = logging.getLogger(__name__)
+
+ModelKey = tuple[str, str, str | None, str, str]
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` becomes ``cuda`` when a GPU is visible, else ``cpu``.
+
+    Called only in the process that serves models: touching CUDA in a parent that later forks breaks
+    CUDA in the children.
+    """
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class ModelCache:
+    """A bounded least-recently-used cache of loaded models."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._models: OrderedDict[ModelKey, LoadedModel] = OrderedDict()
+        self.loads = 0
+
+    def get(self, adapter: TaskAdapter, model: str, *, revision: str | None, device: str, dtype: str,
+            trust_remote_code: bool) -> LoadedModel:
+        """The loaded model for this key, loading it (and evicting the oldest) on a miss."""
+        key: ModelKey = (adapter.name, model, revision, device, dtype)
+        if key in self._models:
+            self._models.move_to_end(key)
+            return self._models[key]
+        started = time.perf_counter()
+        loaded = adapter.load(model, revision=revision, device=device, dtype=dtype,
+                              trust_remote_code=trust_remote_code)
+        self.loads += 1
+        logger.info("loaded %s for %s on %s in %.1f s", model, adapter.name, device, time.perf_counter() - started)
+        self._models[key] = loaded
+        while len(self._models) > self.size:
+            old_key, _ = self._models.popitem(last=False)
+            logger.info("evicted %s (%s) from the model cache", old_key[1], old_key[0])
+            self._free(device)
+        return loaded
+
+    @staticmethod
+    def _free(device: str) -> None:
+        gc.collect()
+        if device.startswith("cuda"):
+            import torch
+
+            torch.cuda.empty_cache()

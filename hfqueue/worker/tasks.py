@@ -1,0 +1,163 @@
+"""The chunk task: read a chunk's rows, run the model in batches, write the part, count it once.
+
+A chunk may be delivered more than once (late acks on Redis re-deliver after a crash or a visibility
+timeout). Its part has a name fixed by its index and is written atomically, and the Redis count of
+finished chunks goes through a set of counted indexes, so running a chunk twice changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+from celery import Celery, Task
+
+from hfqueue import sources, tasks
+from hfqueue.config import Settings
+from hfqueue.errors import HfqError, ModelLoadError
+from hfqueue.jobs import Chunk, JobSpec, JobState, Source
+from hfqueue.manifest import sync_manifest
+from hfqueue.sinks.local import ROW_INDEX, part_path, part_rows, write_part
+from hfqueue.store import JobStore, redis_client
+from hfqueue.worker.models import ModelCache, resolve_device
+from hfqueue.worker.runner import BatchStopped, infer_rows
+from hfqueue.worker.app import CHUNK_TASK
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class _Context:
+    settings: Settings
+    store: JobStore
+    models: ModelCache
+
+
+_settings: Settings | None = None
+_url: str | None = None
+_context: _Context | None = None
+
+
+def register(app: Celery, settings: Settings, url: str) -> None:
+    """Register the chunk task on ``app``; per-process state is created lazily in the serving process."""
+    global _settings, _url
+    _settings, _url = settings, url
+    app.task(name=CHUNK_TASK, bind=True)(run_chunk)
+
+
+def _ctx() -> _Context:
+    # Built on first use in the serving (child) process, never in the forking parent.
+    global _context
+    if _context is None:
+        assert _settings is not None and _url is not None, "register() was not called"
+        _context = _Context(_settings, JobStore(redis_client(_url, _settings), _settings.job_ttl),
+                            ModelCache(_settings.model_cache_size))
+    return _context
+
+
+def run_chunk(self: Task, message: dict[str, Any]) -> dict[str, Any]:
+    """Run one chunk of a job and record its outcome. ``message`` is built by the producer's planner."""
+    ctx = _ctx()
+    job_id, chunk = message["job_id"], Chunk(**message["chunk"])
+    state = ctx.store.state(job_id)
+    if state is None or state.is_final:
+        logger.info("job %s chunk %d skipped: job is %s", job_id, chunk.index, state or "gone from Redis")
+        return {"skipped": str(state.value if state else "gone")}
+    out_dir = Path(message["output_dir"])
+    part = part_path(out_dir, chunk.index)
+    if part.exists():  # an earlier delivery wrote it; only the counting may be missing
+        return _finish(ctx, job_id, chunk, rows_ok=part_rows(part), info={"state": "done", "redelivered": True})
+
+    attempt = ctx.store.chunk_started(job_id, chunk.index, self.request.hostname or "?")
+    ctx.store.transition(job_id, JobState.RUNNING, allowed_from=(JobState.QUEUED.value,), time_field="started_at")
+    if attempt > ctx.settings.max_attempts:
+        return _fail_chunk(ctx, job_id, chunk, f"chunk gave up after {attempt - 1} attempts (the worker died each time)")
+    started = time.perf_counter()
+    try:
+        # Validated at submit; options are checked again since the wire is not trusted.
+        spec = JobSpec.model_construct(**message["spec"])
+        spec.options = tasks.get(spec.task).validate_options(spec.options)
+        table = _run(ctx, job_id, spec, Source(**message["source"]), chunk, message.get("inputs"))
+    except BatchStopped:
+        logger.info("job %s chunk %d stopped: job is %s", job_id, chunk.index, ctx.store.state(job_id))
+        return {"stopped": chunk.index}
+    except ModelLoadError as exc:
+        # Every chunk of the job would fail the same way: fail the job now, with the reason.
+        logger.error("job %s failed: %s", job_id, exc)
+        if ctx.store.transition(job_id, JobState.FAILED, time_field="finished_at", error=str(exc)):
+            sync_manifest(ctx.store, job_id)
+        return {"failed": str(exc)}
+    except Exception as exc:  # noqa: BLE001 - any other error fails this chunk, never the worker
+        logger.exception("job %s chunk %d raised", job_id, chunk.index)
+        return _fail_chunk(ctx, job_id, chunk, f"{type(exc).__name__}: {exc}")
+    seconds = time.perf_counter() - started
+    write_part(out_dir, chunk.index, table)
+    info = {"state": "done", "seconds": round(seconds, 3), "attempt": attempt, "worker": self.request.hostname}
+    return _finish(ctx, job_id, chunk, rows_ok=table.num_rows, info=info)
+
+
+def _run(ctx: _Context, job_id: str, spec: JobSpec, source: Source, chunk: Chunk,
+         inline: list[Any] | None) -> pa.Table:
+    settings = ctx.settings
+    if spec.trust_remote_code and not settings.allow_remote_code:
+        raise ModelLoadError("the job asks for trust_remote_code, which this worker does not allow "
+                             "(the operator can set HFQ_ALLOW_REMOTE_CODE=true)", value=spec.model)
+    adapter = tasks.get(spec.task)
+    loaded = ctx.models.get(adapter, spec.model, revision=spec.revision, device=resolve_device(settings.device),
+                            dtype=spec.dtype or settings.dtype, trust_remote_code=spec.trust_remote_code)
+    if loaded.revision:
+        ctx.store.set_fields(job_id, model_revision=loaded.revision)
+    rows = inline if inline is not None else sources.read_rows(source, chunk.start, chunk.end)
+    if len(rows) != chunk.rows:
+        raise HfqError(f"chunk {chunk.index} expected {chunk.rows} rows, read {len(rows)}")
+    outputs = infer_rows(
+        adapter, loaded, rows, spec.options, max_batch_size=settings.max_batch_size,
+        max_batch_tokens=settings.max_batch_tokens, max_length=settings.max_length,
+        should_stop=lambda: ctx.store.state(job_id) != JobState.RUNNING,
+    )
+    columns: dict[str, Any] = {ROW_INDEX: pa.array(range(chunk.start, chunk.end), pa.int64())}
+    out_names = list(outputs[0]) if outputs else []
+    columns[f"input_{spec.column}" if spec.column in out_names else spec.column] = rows
+    for name in out_names:
+        columns[name] = [o[name] for o in outputs]
+    return pa.table(columns)
+
+
+def _finish(ctx: _Context, job_id: str, chunk: Chunk, *, rows_ok: int, info: dict[str, Any],
+            rows_failed: int = 0, failed: bool = False) -> dict[str, Any]:
+    finished = ctx.store.chunk_finished(job_id, chunk.index, rows_ok=rows_ok, rows_failed=rows_failed,
+                                        info=info, failed=failed)
+    if finished >= 0 and finished == int(ctx.store.get(job_id)["chunks_total"]):
+        _finalize(ctx, job_id)
+    return {"chunk": chunk.index, "rows": rows_ok, "rows_failed": rows_failed, **info}
+
+
+def _fail_chunk(ctx: _Context, job_id: str, chunk: Chunk, reason: str) -> dict[str, Any]:
+    logger.error("job %s chunk %d failed: %s", job_id, chunk.index, reason)
+    return _finish(ctx, job_id, chunk, rows_ok=0, rows_failed=chunk.rows,
+                   info={"state": "failed", "error": reason}, failed=True)
+
+
+def _finalize(ctx: _Context, job_id: str) -> None:
+    """The last chunk to finish decides the job's final state and writes the manifest."""
+    status = ctx.store.status(job_id)
+    if status.rows_failed == 0:
+        final, error = JobState.COMPLETED, ""
+    elif status.rows_done > 0:
+        final, error = JobState.COMPLETED_WITH_ERRORS, f"{status.chunks_failed} chunk(s) failed"
+    else:
+        final, error = JobState.FAILED, _first_chunk_error(ctx, job_id)
+    if ctx.store.transition(job_id, final, time_field="finished_at", error=error):
+        sync_manifest(ctx.store, job_id)
+        logger.info("job %s %s: %d rows, %d failed", job_id, final.value, status.rows_done, status.rows_failed)
+
+
+def _first_chunk_error(ctx: _Context, job_id: str) -> str:
+    for info in ctx.store.chunk_states(job_id).values():
+        if info.get("error"):
+            return str(info["error"])
+    return "every chunk failed"
