@@ -84,6 +84,11 @@ class Client:
                 continue
         return out
 
+    def workers(self, timeout: float = 1.0) -> list[str]:
+        """Names of the workers that answer a ping within ``timeout`` seconds."""
+        replies = self._celery.control.ping(timeout=timeout) or []
+        return sorted(name for reply in replies for name in reply)
+
     def close(self) -> None:
         """Release Redis connections."""
         self.store.r.close()

@@ -57,6 +57,7 @@ class TaskAdapter:
         import torch
         import transformers
 
+        transformers.utils.logging.disable_progress_bar()  # a bar per load floods worker logs
         torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
         kwargs: dict[str, Any] = {"revision": revision, "trust_remote_code": trust_remote_code}
         try:

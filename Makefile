@@ -1,0 +1,30 @@
+# Two commands to start: `make run` (a real job end to end) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch is installed first and pinned: on these machines 2.13.0 is a CPU wheel on local disk; on a
+# GPU host the same pin gets PyPI's CUDA build. Override with `make TORCH_SPEC=torch==X.Y.Z`.
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: install run test down clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check "$(TORCH_SPEC)"
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+run: install  ## embed 2,000 real sentences with all-MiniLM-L6-v2, end to end, offline
+	HF_HUB_OFFLINE=1 $(BIN)/hfq demo
+
+test: install  ## the whole test suite (real redis-server, real workers, tiny models)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
+
+down:  ## stop the embedded redis-server
+	$(BIN)/hfq down
+
+clean: down
+	rm -rf $(VENV) .hfq results .pytest_cache

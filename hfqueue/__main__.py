@@ -1,0 +1,8 @@
+"""``python -m hfqueue`` is the ``hfq`` command."""
+
+import sys
+
+from hfqueue.producer.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())
