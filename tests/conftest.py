@@ -1,0 +1,129 @@
+"""Shared fixtures: a real redis-server, real worker processes, tiny real models, settings that use them.
+
+Nothing here mocks Redis, Celery or a model. One redis-server and one worker serve the whole session
+(starting a worker costs seconds: it imports torch); tests that need their own worker start one with
+``worker_factory``, on their own queue.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may reach the Hub
+
+from hfqueue import Client, Settings  # noqa: E402
+from hfqueue.embedded import RedisServer  # noqa: E402
+from tests.tiny_models import build_classifier, build_encoder, sentences  # noqa: E402
+
+LABELS = ("NEGATIVE", "NEUTRAL", "POSITIVE")
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A real redis-server on a free loopback port for the whole session."""
+    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def encoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny BERT encoder folder, for feature-extraction."""
+    return build_encoder(tmp_path_factory.mktemp("encoder"))
+
+
+@pytest.fixture(scope="session")
+def classifier(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny BERT classifier folder with three labels, for text-classification."""
+    return build_classifier(tmp_path_factory.mktemp("classifier"), labels=LABELS)
+
+
+@pytest.fixture(scope="session")
+def texts() -> list[str]:
+    """Real English sentences of varied length."""
+    return sentences(60)
+
+
+@pytest.fixture(scope="session")
+def settings(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """Settings for the session's Redis, with small chunks and batches so jobs have several of each."""
+    base = tmp_path_factory.mktemp("hfq")
+    return Settings(broker_url=redis_server.url, output_root=base / "results", state_dir=base / "state",
+                    chunk_size=16, max_batch_size=8, max_batch_tokens=1024)
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that gives a child process (worker, hfq command) the same settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HFQ_")}
+    for name, value in settings.model_dump().items():
+        if value is not None:
+            env[f"HFQ_{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
+    env["HF_HUB_OFFLINE"] = "1"
+    return env
+
+
+class WorkerProcess:
+    """A real ``hfq worker`` process; ``log`` holds its output."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], log: Path) -> None:
+        self.proc, self.log = proc, log
+
+    def stop(self, timeout: float = 30) -> None:
+        """SIGTERM (warm shutdown), then SIGKILL if it does not exit in time."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture(scope="session")
+def worker_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start ``hfq worker`` processes for given settings; each is ready (answers a ping) when returned."""
+    started: list[WorkerProcess] = []
+
+    def start(settings: Settings, timeout: float = 60) -> WorkerProcess:
+        log = tmp_path_factory.mktemp("worker") / "worker.log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen([sys.executable, "-m", "hfqueue", "worker", "--name", f"w{len(started)}@test"],
+                                    env=settings_env(settings), stdout=out, stderr=subprocess.STDOUT)
+        worker = WorkerProcess(proc, log)
+        started.append(worker)
+        with Client(settings) as client:
+            deadline = time.monotonic() + timeout
+            while f"w{len(started) - 1}@test" not in client.workers(timeout=0.5):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"worker did not start:\n{log.read_text()[-3000:]}")
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()
+
+
+@pytest.fixture(scope="session")
+def worker(worker_factory: Callable[..., WorkerProcess], settings: Settings) -> WorkerProcess:
+    """The session's worker, serving ``settings.queue``."""
+    return worker_factory(settings)
+
+
+@pytest.fixture
+def client(settings: Settings, worker: WorkerProcess) -> Iterator[Client]:
+    """A client whose jobs the session's worker runs."""
+    with Client(settings) as c:
+        yield c
+
+
+@pytest.fixture
+def idle_client(settings: Settings) -> Iterator[Client]:
+    """A client on a queue no worker serves: what it submits stays queued, so it can be inspected."""
+    with Client(settings.model_copy(update={"queue": f"idle-{time.monotonic_ns()}"})) as c:
+        yield c
