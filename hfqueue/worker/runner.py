@@ -33,4 +33,6 @@ def infer_rows(adapter: TaskAdapter, loaded: LoadedModel, rows: list[Any], optio
             raise HfqError(f"task {adapter.name!r} returned {len(result)} outputs for {len(batch)} inputs")
         for i, out in zip(batch, result, strict=True):
             outputs[i] = out
+    if should_stop():  # the end of the last batch is a boundary too: write nothing for a stopped job
+        raise BatchStopped("stopped after the last batch")
     return outputs  # type: ignore[return-value]  # every slot was filled: plan_batches covers each row
