@@ -1,0 +1,35 @@
+"""The README is the front door: every setting has its row, every command is documented."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from hfqueue.config import Settings
+from hfqueue.producer.cli import _parser
+
+pytestmark = pytest.mark.timeout(30)
+README = (Path(__file__).parents[2] / "README.md").read_text()
+
+
+def test_every_setting_has_one_row_with_its_default() -> None:
+    # given the configuration table rows of the README
+    rows = {m.group(1): m.group(2) for m in re.finditer(r"^\| `(HFQ_[A-Z_]+)` \| `?([^`|]*?)`? \|", README, re.M)}
+
+    # then each setting has exactly one row, showing its real default, and no row names a missing setting
+    expected = {f"HFQ_{name.upper()}": field.default for name, field in Settings.model_fields.items()}
+    assert set(rows) == set(expected)
+    for var, default in expected.items():
+        shown = "unset" if default is None else str(default).lower() if isinstance(default, bool) else str(default)
+        assert rows[var] == shown, var
+
+
+def test_every_hfq_command_is_documented() -> None:
+    # given the commands the CLI defines
+    commands = _parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+
+    # then each appears in the README's command table
+    for name in commands:
+        assert f"`hfq {name}" in README, name
