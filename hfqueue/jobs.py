@@ -32,30 +32,37 @@ class JobState(str, enum.Enum):
 class JobSpec(BaseModel):
     """Everything a worker needs to run a job: which model, which task, over which rows, where to.
 
-    Give either ``inputs`` (a list of strings, carried inline) or ``dataset`` (a Hub dataset id, a
-    local ``save_to_disk`` folder, or data files: a csv/json/jsonl/parquet path, glob or list of them).
+    Give either ``inputs`` (a list carried inline) or ``dataset`` (a Hub dataset id, a local
+    ``save_to_disk`` folder, or data files: a csv/json/jsonl/parquet path, glob or list of them).
+    A task reads one field per row (``text``, ``image``, ``audio``, chat ``messages``) or several
+    (question-answering: ``question`` and ``context``); ``column`` or ``columns`` say where they are.
 
-    >>> JobSpec(task="sentiment-analysis", model="my/model", inputs=["great", "awful"]).task
-    'text-classification'
+    >>> JobSpec(task="sentiment-analysis", model="my/model", inputs=["great", "awful"]).columns
+    {'text': 'text'}
     """
 
     model_config = ConfigDict(extra="forbid")
 
     task: str = Field(description="Task name or alias, e.g. feature-extraction, text-classification.")
-    model: str = Field(min_length=1, description="Hub model id or local model folder.")
+    model: str | None = Field(None, min_length=1, description="Hub model id or local folder; default: the task's.")
     revision: str | None = Field(None, description="Model branch, tag or commit (Hub models).")
-    inputs: list[str] | None = Field(None, description="Rows to run, carried inline.")
+    inputs: list[str | dict[str, Any] | list[dict[str, Any]]] | None = Field(
+        None, description="Rows to run, carried inline: strings, {field: value} dicts, or chat message lists.")
     dataset: str | list[str] | None = Field(None, description="Hub dataset id, local dataset folder or data files.")
     dataset_config: str | None = Field(None, description="Dataset configuration (subset) name.")
     split: str = Field("train", description="Dataset split to read.")
     dataset_revision: str | None = Field(None, description="Dataset branch, tag or commit (Hub datasets).")
-    column: str = Field("text", min_length=1, description="Column that holds the input text.")
+    column: str | None = Field(None, min_length=1, description="Column of a one-field task; default: the task's.")
+    columns: dict[str, str] | None = Field(None, description="Task field -> dataset column, e.g. "
+                                           "{'question': 'q', 'context': 'passage'}.")
     output_dir: str | None = Field(None, description="Folder under the output root; default: the job id.")
     chunk_size: int | None = Field(None, gt=0, description="Rows per chunk; default HFQ_CHUNK_SIZE.")
     options: dict[str, Any] = Field(default_factory=dict, description="Task options, e.g. {'pooling': 'cls'}.")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] | None = Field(
         None, description="Weights dtype; default HFQ_DTYPE."
     )
+    quantization: Literal["8bit", "4bit"] | None = Field(
+        None, description="Load weights quantized with bitsandbytes (CUDA workers with bitsandbytes only).")
     trust_remote_code: bool = Field(False, description="Run code shipped with the model (worker must allow it).")
 
     @field_validator("task")
@@ -64,12 +71,23 @@ class JobSpec(BaseModel):
         return tasks.canonical_name(name)
 
     @model_validator(mode="after")
-    def _one_source_and_valid_options(self) -> "JobSpec":
+    def _complete(self) -> "JobSpec":
+        adapter = tasks.get(self.task)
         if (self.inputs is None) == (self.dataset is None):
-            raise ValueError("give exactly one of `inputs` (a list of strings) or `dataset`")
+            raise ValueError("give exactly one of `inputs` (a list of rows) or `dataset`")
         if self.inputs is not None and not self.inputs:
             raise ValueError("`inputs` is empty: give at least one row")
-        self.options = tasks.get(self.task).validate_options(self.options)
+        if self.model is None:
+            self.model, default_revision = adapter.default_model
+            self.revision = self.revision or default_revision
+        self.columns = adapter.resolve_columns(self.column, self.columns)
+        if len(adapter.fields) == 1:
+            self.column = self.columns[adapter.fields[0]]
+        self.options = adapter.validate_options(self.options)
+        for i, row in enumerate(self.inputs or []):
+            problem = adapter.row_problem(row)
+            if problem:
+                raise ValueError(f"inputs[{i}]: {problem}")
         return self
 
 
@@ -83,7 +101,7 @@ class Source(BaseModel):
     config: str | None = None
     split: str | None = None
     revision: str | None = None
-    column: str = "text"
+    columns: dict[str, str] = Field(default_factory=lambda: {"text": "text"})  # task field -> dataset column
 
 
 class Chunk(BaseModel):

@@ -30,9 +30,9 @@ _OPEN_CACHE_SIZE = 4
 def resolve(spec: JobSpec) -> Source:
     """Classify the spec's source: inline rows, a ``save_to_disk`` folder, data files, or a Hub id / folder."""
     if spec.inputs is not None:
-        return Source(kind="inline", column=spec.column)
+        return Source(kind="inline", columns=spec.columns or {})
     items = [spec.dataset] if isinstance(spec.dataset, str) else list(spec.dataset or [])
-    common = {"split": spec.split, "column": spec.column}
+    common = {"split": spec.split, "columns": spec.columns or {}}
     if len(items) == 1 and Path(items[0]).expanduser().is_dir():
         folder = Path(items[0]).expanduser().resolve()
         if any((folder / m).exists() for m in _DISK_MARKERS):
@@ -59,10 +59,11 @@ def open_dataset(source: Source) -> "datasets.Dataset":
         _OPEN_CACHE.move_to_end(key)
         return _OPEN_CACHE[key]
     ds = _open(source)
-    if source.column not in ds.column_names:
-        raise SourceNotFoundError(
-            f"column {source.column!r} not in the dataset; its columns are {ds.column_names}", value=source.column
-        )
+    for column in source.columns.values():
+        if column not in ds.column_names:
+            raise SourceNotFoundError(
+                f"column {column!r} not in the dataset; its columns are {ds.column_names}", value=column)
+    ds = _undecoded(ds, list(source.columns.values()))
     _OPEN_CACHE[key] = ds
     if len(_OPEN_CACHE) > _OPEN_CACHE_SIZE:
         _OPEN_CACHE.popitem(last=False)
@@ -70,8 +71,27 @@ def open_dataset(source: Source) -> "datasets.Dataset":
 
 
 def read_rows(source: Source, start: int, end: int) -> list[Any]:
-    """Values of the source's column for rows ``[start, end)``, in order."""
-    return open_dataset(source).select(range(start, end))[source.column]
+    """Rows ``[start, end)`` in order: the column's values, or ``{field: value}`` dicts for several fields."""
+    part = open_dataset(source).select(range(start, end))
+    if len(source.columns) == 1:
+        return part[next(iter(source.columns.values()))]
+    values = {f: part[column] for f, column in source.columns.items()}
+    return [{f: values[f][i] for f in values} for i in range(len(part))]
+
+
+def _undecoded(ds: "datasets.Dataset", columns: list[str]) -> "datasets.Dataset":
+    """``ds`` with its Image/Audio input columns left as ``{"bytes", "path"}``.
+
+    The task decodes them row by row, so one corrupt file fails its row, not the whole chunk, and
+    audio decodes without the codecs ``datasets`` would need.
+    """
+    import datasets
+
+    for column in columns:
+        feature = ds.features[column]
+        if isinstance(feature, (datasets.Image, datasets.Audio)) and feature.decode:
+            ds = ds.cast_column(column, type(feature)(decode=False))
+    return ds
 
 
 def _open(source: Source) -> "datasets.Dataset":

@@ -16,7 +16,7 @@ from hfqueue.errors import (BrokerUnavailableError, HfqError, InvalidSpecError, 
 from hfqueue.jobs import JobSpec, JobState, JobStatus
 from hfqueue.manifest import sync_manifest
 from hfqueue.producer.planner import messages, plan_job
-from hfqueue.sinks.local import MANIFEST, part_files
+from hfqueue.sinks.local import MANIFEST, error_files, part_files
 from hfqueue.store import JobStore, redis_client
 from hfqueue.worker.app import CHUNK_TASK, broker_url, make_celery
 
@@ -165,8 +165,8 @@ class Job:
     def result(self, timeout: float | None = None) -> "datasets.Dataset":
         """The results as a ``datasets.Dataset``, one row per input row, in input order (waits first).
 
-        Columns: ``row_idx``, the input column, and the task's output columns. Rows of failed chunks
-        are absent (see ``status().rows_failed``).
+        Columns: ``row_idx``, the input columns that hold text, and the task's output columns. Rows
+        that failed are absent; :meth:`errors` lists them with the reason.
         """
         import datasets
 
@@ -176,6 +176,19 @@ class Job:
             raise HfqError(f"job {self.id} finished without any result part in {self.output_dir}", value=self.id)
         datasets.disable_progress_bars()
         return datasets.load_dataset("parquet", data_files=parts, split="train")
+
+
+    def errors(self) -> "datasets.Dataset":
+        """The rows that failed, as a ``datasets.Dataset`` of ``row_idx`` and ``error`` (empty when none)."""
+        import datasets
+
+        files = [str(p) for p in error_files(self.output_dir)]
+        if not files:
+            return datasets.Dataset.from_dict({"row_idx": [], "error": []},
+                                              features=datasets.Features({"row_idx": datasets.Value("int64"),
+                                                                          "error": datasets.Value("string")}))
+        datasets.disable_progress_bars()
+        return datasets.load_dataset("parquet", data_files=files, split="train")
 
 
 def _build_spec(spec: JobSpec | dict[str, Any] | None, fields: dict[str, Any]) -> JobSpec:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hfqueue import sources
+from hfqueue import sources, tasks
 from hfqueue.config import Settings
 from hfqueue.errors import InvalidSpecError, SourceNotFoundError
 from hfqueue.jobs import Chunk, JobSpec, Source, plan_chunks
@@ -30,7 +30,11 @@ class Plan:
 
 def plan_job(spec: JobSpec, settings: Settings, job_id: str) -> Plan:
     """Check model, source, column and output folder; count rows; cut chunks."""
+    assert spec.model is not None  # JobSpec fills in the task's default model
     check_model(spec.model)
+    problem = tasks.get(spec.task).check_model(spec.model, spec.revision)
+    if problem:
+        raise InvalidSpecError(f"model {spec.model!r} cannot run task {spec.task!r}: {problem}", value=spec.model)
     output_dir = resolve_output_dir(settings.output_root, spec.output_dir, job_id)
     if (output_dir / MANIFEST).exists() or part_files(output_dir):
         raise InvalidSpecError(f"output_dir {output_dir} already holds a job's results; choose another folder",

@@ -1,5 +1,9 @@
 """A job's output folder: one Parquet part per chunk plus ``manifest.json``, the durable record.
 
+Rows that failed are not in the parts: each chunk with failed rows also writes
+``errors/part-NNNNN.parquet`` with their ``row_idx`` and ``error``. A chunk writes its error part
+before its result part, so a result part on disk means the chunk is complete.
+
 Parts are written to a temporary name and renamed, under a name fixed by the chunk index, so a chunk
 that runs twice leaves one complete part and a reader never sees half a file.
 """
@@ -19,6 +23,7 @@ from hfqueue.errors import InvalidSpecError
 
 ROW_INDEX = "row_idx"
 MANIFEST = "manifest.json"
+ERRORS = "errors"
 
 
 def resolve_output_dir(output_root: Path, output_dir: str | None, job_id: str) -> Path:
@@ -44,10 +49,29 @@ def part_path(out_dir: Path, index: int) -> Path:
     return out_dir / f"part-{index:05d}.parquet"
 
 
+def error_part_path(out_dir: Path, index: int) -> Path:
+    """Path of chunk ``index``'s error part (its failed rows)."""
+    return part_path(out_dir / ERRORS, index)
+
+
+def error_table(row_idx: list[int], errors: list[str]) -> pa.Table:
+    """The failed rows of a chunk: ``row_idx`` and ``error``."""
+    return pa.table({ROW_INDEX: pa.array(row_idx, pa.int64()), "error": pa.array(errors, pa.string())})
+
+
 def write_part(out_dir: Path, index: int, table: pa.Table) -> Path:
     """Write chunk ``index``'s rows atomically; a second write of the same chunk replaces the first whole."""
+    return _write_atomic(part_path(out_dir, index), table)
+
+
+def write_error_part(out_dir: Path, index: int, table: pa.Table) -> Path:
+    """Write chunk ``index``'s failed rows atomically under ``errors/``."""
+    return _write_atomic(error_part_path(out_dir, index), table)
+
+
+def _write_atomic(final: Path, table: pa.Table) -> Path:
+    out_dir = final.parent
     out_dir.mkdir(parents=True, exist_ok=True)
-    final = part_path(out_dir, index)
     fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{final.name}.", suffix=".tmp")
     os.close(fd)
     try:
@@ -67,6 +91,11 @@ def part_rows(path: Path) -> int:
 def part_files(out_dir: Path) -> list[Path]:
     """The finished parts of a job, in chunk order."""
     return sorted(out_dir.glob("part-*.parquet"))
+
+
+def error_files(out_dir: Path) -> list[Path]:
+    """The error parts of a job, in chunk order."""
+    return part_files(out_dir / ERRORS)
 
 
 def write_manifest(out_dir: Path, manifest: dict[str, Any]) -> None:

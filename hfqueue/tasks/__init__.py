@@ -8,9 +8,21 @@ from __future__ import annotations
 
 from hfqueue.tasks.base import TaskAdapter
 from hfqueue.tasks.embeddings import FeatureExtraction
+from hfqueue.tasks.fill_mask import FillMask
+from hfqueue.tasks.image_classification import ImageClassification
+from hfqueue.tasks.question_answering import QuestionAnswering
+from hfqueue.tasks.seq2seq import Summarization, Text2TextGeneration, Translation
+from hfqueue.tasks.speech_recognition import SpeechRecognition
 from hfqueue.tasks.text_classification import TextClassification
+from hfqueue.tasks.text_generation import TextGeneration
+from hfqueue.tasks.token_classification import TokenClassification
+from hfqueue.tasks.zero_shot import ZeroShotClassification
 
-_ADAPTERS: tuple[TaskAdapter, ...] = (FeatureExtraction(), TextClassification())
+_ADAPTERS: tuple[TaskAdapter, ...] = (
+    TextClassification(), TokenClassification(), ZeroShotClassification(), FeatureExtraction(), FillMask(),
+    TextGeneration(), Summarization(), Translation(), Text2TextGeneration(), QuestionAnswering(),
+    ImageClassification(), SpeechRecognition(),
+)
 _BY_NAME: dict[str, TaskAdapter] = {}
 for _adapter in _ADAPTERS:
     for _name in (_adapter.name, *_adapter.aliases):

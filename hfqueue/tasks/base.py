@@ -1,21 +1,24 @@
 """The contract every task adapter follows, and the loading and collating that text tasks share.
 
 An adapter turns rows into model inputs (``prepare``), runs one batch (``forward``) and shapes one
-output dict per row. Batching, ordering and writing are the worker's job, not the adapter's, so a new
-task is one short file. Adapters import torch and transformers inside their methods: the producer
-imports this package to validate specs and must stay light.
+output dict per row. Batching, ordering, per-row errors and writing are the worker's job, not the
+adapter's, so a new task is one short file. Adapters import torch and transformers inside their
+methods: the producer imports this package to validate specs and must stay light.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from hfqueue.errors import InvalidSpecError, ModelLoadError
+from hfqueue.errors import ModelLoadError
+from hfqueue.tasks.loading import head_problem, load_weights, read_config, resolved_revision
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 logger = logging.getLogger(__name__)
 
@@ -38,62 +41,132 @@ class LoadedModel:
 
 
 class TaskAdapter:
-    """Base class of task adapters. Subclasses set ``name``, ``aliases``, ``Options`` and ``model_class``."""
+    """Base class of task adapters.
+
+    Subclasses set ``name``, ``default_model`` and ``output_types``, and usually ``aliases``,
+    ``Options``, ``model_class`` / ``heads`` (the auto class and the transformers mappings a model must
+    be in) and ``fields`` (what one row holds), then implement ``forward``.
+    """
 
     name: ClassVar[str]
     aliases: ClassVar[tuple[str, ...]] = ()
     Options: ClassVar[type[BaseModel]] = NoOptions
     model_class: ClassVar[str] = "AutoModel"  # attribute of `transformers`, loaded by name
+    heads: ClassVar[tuple[str, ...]] = ()  # transformers auto mappings that list fitting architectures
+    default_model: ClassVar[tuple[str, str | None]]  # (Hub id, pinned revision), as `pipeline` pins them
+    fields: ClassVar[tuple[str, ...]] = ("text",)  # what one row holds; one dataset column each
+    echo_inputs: ClassVar[bool] = True  # copy non-string inputs (e.g. chat messages) into parts as JSON
+
+    # ---- checks that run at submit time (no torch) ----
 
     def validate_options(self, options: dict[str, Any]) -> dict[str, Any]:
         """Check ``options`` against ``Options``; return them with defaults filled in."""
         try:
             return self.Options(**options).model_dump()
         except ValidationError as exc:
-            raise ValueError(f"invalid options for task {self.name!r}: {exc}") from None
+            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'options'}: "
+                                 f"{e['msg'].removeprefix('Value error, ')}" for e in exc.errors())
+            raise ValueError(f"invalid options for task {self.name!r}: {problems}") from None
 
-    def load(self, model: str, *, revision: str | None, device: str, dtype: str, trust_remote_code: bool) -> LoadedModel:
-        """Load tokenizer and model once; the worker keeps the result resident."""
-        import torch
+    def resolve_columns(self, column: str | None, columns: dict[str, str] | None) -> dict[str, str]:
+        """The dataset column of each field: ``columns`` as given, or ``column`` for a one-field task."""
+        if columns is not None:
+            if set(columns) != set(self.fields):
+                raise ValueError(f"task {self.name!r} reads the fields {list(self.fields)}; `columns` must map "
+                                 f"each of them to a dataset column, got {sorted(columns)}")
+            if column is not None:
+                raise ValueError("give `column` or `columns`, not both")
+            return dict(columns)
+        if column is not None:
+            if len(self.fields) > 1:
+                raise ValueError(f"task {self.name!r} reads {len(self.fields)} fields {list(self.fields)}; "
+                                 "name their columns with `columns`, e.g. "
+                                 + str({f: f"my_{f}" for f in self.fields}))
+            return {self.fields[0]: column}
+        return {f: f for f in self.fields}
+
+    def row_problem(self, row: Any) -> str | None:
+        """What is wrong with one inline row, or None. One-field tasks take strings."""
+        if len(self.fields) > 1:
+            if not isinstance(row, dict) or set(row) != set(self.fields):
+                return f"task {self.name!r} takes rows as {{{', '.join(repr(f) for f in self.fields)}: ...}} dicts"
+            return None
+        if not isinstance(row, str):
+            return f"task {self.name!r} takes strings, got {type(row).__name__}"
+        return None
+
+    def output_types(self, options: dict[str, Any]) -> "dict[str, pa.DataType]":
+        """Output column name -> Arrow type; every part of a job has this schema."""
+        raise NotImplementedError
+
+    def config_problem(self, config: dict[str, Any]) -> str | None:
+        """Why a model with this ``config.json`` cannot run this task, or None."""
+        return head_problem(self.name, self.model_class, self.heads, config)
+
+    def check_model(self, model: str, revision: str | None) -> str | None:
+        """The problem with the model for this task when its config can be read now, else None."""
+        config = read_config(model, revision)
+        return self.config_problem(config) if config is not None else None
+
+    # ---- the worker side ----
+
+    def load(self, model: str, *, revision: str | None, device: str, dtype: str, quantization: str | None,
+             trust_remote_code: bool) -> LoadedModel:
+        """Check the model fits, then load tokenizer/processor and weights once; the worker keeps them."""
         import transformers
 
         transformers.utils.logging.disable_progress_bar()  # a bar per load floods worker logs
-        torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
-        kwargs: dict[str, Any] = {"revision": revision, "trust_remote_code": trust_remote_code}
         try:
-            tokenizer = transformers.AutoTokenizer.from_pretrained(model, **kwargs)
-            model_cls = getattr(transformers, self.model_class)
-            net = model_cls.from_pretrained(model, dtype=torch_dtype, **kwargs)
+            config = transformers.AutoConfig.from_pretrained(model, revision=revision,
+                                                             trust_remote_code=trust_remote_code)
         except Exception as exc:  # transformers raises OSError, ValueError, KeyError, ... for bad models
             raise ModelLoadError(f"cannot load model {model!r} for task {self.name!r}: {exc}", value=model) from exc
-        net.to(device).eval()
-        return LoadedModel(net, tokenizer, device, resolved_revision(model, net, revision))
+        problem = self.config_problem(config.to_dict())
+        if problem:
+            raise ModelLoadError(f"model {model!r} cannot run task {self.name!r}: {problem}", value=model)
+        try:
+            processor = self.load_processor(model, revision=revision, trust_remote_code=trust_remote_code)
+            net = load_weights(self.auto_class(config), model, revision=revision, device=device, dtype=dtype,
+                               quantization=quantization, trust_remote_code=trust_remote_code)
+        except ModelLoadError:
+            raise
+        except Exception as exc:
+            raise ModelLoadError(f"cannot load model {model!r} for task {self.name!r}: {exc}", value=model) from exc
+        loaded = LoadedModel(net, processor, device, resolved_revision(model, net, revision))
+        self.setup(loaded)
+        return loaded
 
-    def prepare(self, loaded: LoadedModel, rows: list[Any], options: dict[str, Any], max_length: int) -> list[dict[str, Any]]:
-        """Tokenize rows one by one (no padding); each result's ``input_ids`` length drives batching."""
+    def auto_class(self, config: Any) -> str:
+        """The ``transformers`` auto class that loads this model for the task."""
+        return self.model_class
+
+    def load_processor(self, model: str, *, revision: str | None, trust_remote_code: bool) -> Any:
+        """What turns rows into tensors; a tokenizer for text tasks."""
+        import transformers
+
+        return transformers.AutoTokenizer.from_pretrained(model, revision=revision,
+                                                          trust_remote_code=trust_remote_code)
+
+    def setup(self, loaded: LoadedModel) -> None:
+        """Checks and objects built once after loading (e.g. a pipeline); raise ModelLoadError if unfit.
+
+        The loaded model is shared by every job that uses it, so nothing here may depend on a job's options.
+        """
+
+    def prepare(self, loaded: LoadedModel, rows: list[Any], options: dict[str, Any], max_length: int) -> list[Any]:
+        """Turn rows into features, one per row (no padding). A bad row raises; the worker isolates it."""
         enc = loaded.tokenizer(list(rows), truncation=True, max_length=max_length)
         return [{k: enc[k][i] for k in enc.keys()} for i in range(len(rows))]
 
-    def collate(self, loaded: LoadedModel, features: list[dict[str, Any]]) -> dict[str, Any]:
+    def length(self, feature: Any) -> int:
+        """The cost of one feature in tokens, for length-sorted batching under a token budget."""
+        return len(feature["input_ids"])
+
+    def collate(self, loaded: LoadedModel, features: list[Any]) -> Any:
         """Pad a batch of prepared rows into tensors on the model's device."""
         batch = loaded.tokenizer.pad(features, return_tensors="pt")
         return {k: v.to(loaded.device) for k, v in batch.items()}
 
-    def forward(self, loaded: LoadedModel, batch: dict[str, Any], options: dict[str, Any]) -> list[dict[str, Any]]:
+    def forward(self, loaded: LoadedModel, batch: Any, options: dict[str, Any]) -> list[dict[str, Any]]:
         """Run one collated batch; return one output dict per row, in batch order."""
         raise NotImplementedError
-
-
-def resolved_revision(model: str, net: Any, asked: str | None) -> str | None:
-    """The commit a Hub model was loaded from (for the manifest); None for a local folder."""
-    if Path(model).expanduser().exists():
-        return None
-    return getattr(net.config, "_commit_hash", None) or asked
-
-
-def check_options(adapter: TaskAdapter, options: dict[str, Any]) -> dict[str, Any]:
-    """``adapter.validate_options`` with the error turned into an :class:`InvalidSpecError`."""
-    try:
-        return adapter.validate_options(options)
-    except ValueError as exc:
-        raise InvalidSpecError(str(exc), value=options) from None

@@ -1,4 +1,5 @@
-"""Models resident in a worker process: loaded once per (task, model, revision, device, dtype), LRU-bounded."""
+"""Models resident in a worker process: loaded once per (task, model, revision, device, dtype, quantization),
+LRU-bounded."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from hfqueue.tasks.base import LoadedModel, TaskAdapter
 
 logger = logging.getLogger(__name__)
 
-ModelKey = tuple[str, str, str | None, str, str]
+ModelKey = tuple[str, str, str | None, str, str, str | None]
 
 
 def resolve_device(device: str) -> str:
@@ -36,14 +37,14 @@ class ModelCache:
         self.loads = 0
 
     def get(self, adapter: TaskAdapter, model: str, *, revision: str | None, device: str, dtype: str,
-            trust_remote_code: bool) -> LoadedModel:
+            quantization: str | None = None, trust_remote_code: bool = False) -> LoadedModel:
         """The loaded model for this key, loading it (and evicting the oldest) on a miss."""
-        key: ModelKey = (adapter.name, model, revision, device, dtype)
+        key: ModelKey = (adapter.name, model, revision, device, dtype, quantization)
         if key in self._models:
             self._models.move_to_end(key)
             return self._models[key]
         started = time.perf_counter()
-        loaded = adapter.load(model, revision=revision, device=device, dtype=dtype,
+        loaded = adapter.load(model, revision=revision, device=device, dtype=dtype, quantization=quantization,
                               trust_remote_code=trust_remote_code)
         self.loads += 1
         logger.info("loaded %s for %s on %s in %.1f s", model, adapter.name, device, time.perf_counter() - started)

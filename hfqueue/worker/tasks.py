@@ -7,6 +7,7 @@ finished chunks goes through a set of counted indexes, so running a chunk twice 
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -21,10 +22,11 @@ from hfqueue.config import Settings
 from hfqueue.errors import HfqError, ModelLoadError
 from hfqueue.jobs import Chunk, JobSpec, JobState, Source
 from hfqueue.manifest import sync_manifest
-from hfqueue.sinks.local import ROW_INDEX, part_path, part_rows, write_part
+from hfqueue.sinks.local import (ROW_INDEX, error_files, error_part_path, error_table, part_path, part_rows, write_error_part,
+                                 write_part)
 from hfqueue.store import JobStore, redis_client
 from hfqueue.worker.models import ModelCache, resolve_device
-from hfqueue.worker.runner import BatchStopped, infer_rows
+from hfqueue.worker.runner import BatchStopped, RowResults, infer_rows
 from hfqueue.worker.app import CHUNK_TASK
 
 logger = logging.getLogger(__name__)
@@ -70,18 +72,21 @@ def run_chunk(self: Task, message: dict[str, Any]) -> dict[str, Any]:
     out_dir = Path(message["output_dir"])
     part = part_path(out_dir, chunk.index)
     if part.exists():  # an earlier delivery wrote it; only the counting may be missing
-        return _finish(ctx, job_id, chunk, rows_ok=part_rows(part), info={"state": "done", "redelivered": True})
+        errors = error_part_path(out_dir, chunk.index)
+        return _finish(ctx, job_id, chunk, rows_ok=part_rows(part), info={"state": "done", "redelivered": True},
+                       rows_failed=part_rows(errors) if errors.exists() else 0)
 
     attempt = ctx.store.chunk_started(job_id, chunk.index, self.request.hostname or "?")
     ctx.store.transition(job_id, JobState.RUNNING, allowed_from=(JobState.QUEUED.value,), time_field="started_at")
     if attempt > ctx.settings.max_attempts:
-        return _fail_chunk(ctx, job_id, chunk, f"chunk gave up after {attempt - 1} attempts (the worker died each time)")
+        return _fail_chunk(ctx, job_id, chunk, f"chunk gave up after {attempt - 1} attempts (the worker died each time)",
+                           out_dir)
     started = time.perf_counter()
     try:
         # Validated at submit; options are checked again since the wire is not trusted.
         spec = JobSpec.model_construct(**message["spec"])
         spec.options = tasks.get(spec.task).validate_options(spec.options)
-        table = _run(ctx, job_id, spec, Source(**message["source"]), chunk, message.get("inputs"))
+        table, errors = _run(ctx, job_id, spec, Source(**message["source"]), chunk, message.get("inputs"))
     except BatchStopped:
         logger.info("job %s chunk %d stopped: job is %s", job_id, chunk.index, ctx.store.state(job_id))
         return {"stopped": chunk.index}
@@ -93,38 +98,66 @@ def run_chunk(self: Task, message: dict[str, Any]) -> dict[str, Any]:
         return {"failed": str(exc)}
     except Exception as exc:  # noqa: BLE001 - any other error fails this chunk, never the worker
         logger.exception("job %s chunk %d raised", job_id, chunk.index)
-        return _fail_chunk(ctx, job_id, chunk, f"{type(exc).__name__}: {exc}")
+        return _fail_chunk(ctx, job_id, chunk, f"{type(exc).__name__}: {exc}", out_dir)
     seconds = time.perf_counter() - started
+    if errors.num_rows:
+        write_error_part(out_dir, chunk.index, errors)  # before the result part: see sinks.local
     write_part(out_dir, chunk.index, table)
     info = {"state": "done", "seconds": round(seconds, 3), "attempt": attempt, "worker": self.request.hostname}
-    return _finish(ctx, job_id, chunk, rows_ok=table.num_rows, info=info)
+    return _finish(ctx, job_id, chunk, rows_ok=table.num_rows, rows_failed=errors.num_rows, info=info)
 
 
 def _run(ctx: _Context, job_id: str, spec: JobSpec, source: Source, chunk: Chunk,
-         inline: list[Any] | None) -> pa.Table:
+         inline: list[Any] | None) -> tuple[pa.Table, pa.Table]:
+    """The chunk's result table (rows that succeeded) and error table (rows that failed)."""
     settings = ctx.settings
     if spec.trust_remote_code and not settings.allow_remote_code:
         raise ModelLoadError("the job asks for trust_remote_code, which this worker does not allow "
                              "(the operator can set HFQ_ALLOW_REMOTE_CODE=true)", value=spec.model)
     adapter = tasks.get(spec.task)
-    loaded = ctx.models.get(adapter, spec.model, revision=spec.revision, device=resolve_device(settings.device),
-                            dtype=spec.dtype or settings.dtype, trust_remote_code=spec.trust_remote_code)
+    loaded = ctx.models.get(adapter, str(spec.model), revision=spec.revision, device=resolve_device(settings.device),
+                            dtype=spec.dtype or settings.dtype, quantization=spec.quantization,
+                            trust_remote_code=spec.trust_remote_code)
     if loaded.revision:
         ctx.store.set_fields(job_id, model_revision=loaded.revision)
     rows = inline if inline is not None else sources.read_rows(source, chunk.start, chunk.end)
     if len(rows) != chunk.rows:
         raise HfqError(f"chunk {chunk.index} expected {chunk.rows} rows, read {len(rows)}")
-    outputs = infer_rows(
+    results = infer_rows(
         adapter, loaded, rows, spec.options, max_batch_size=settings.max_batch_size,
         max_batch_tokens=settings.max_batch_tokens, max_length=settings.max_length,
         should_stop=lambda: ctx.store.state(job_id) != JobState.RUNNING,
     )
-    columns: dict[str, Any] = {ROW_INDEX: pa.array(range(chunk.start, chunk.end), pa.int64())}
-    out_names = list(outputs[0]) if outputs else []
-    columns[f"input_{spec.column}" if spec.column in out_names else spec.column] = rows
-    for name in out_names:
-        columns[name] = [o[name] for o in outputs]
+    failed = sorted(results.errors)
+    errors = error_table([chunk.start + i for i in failed], [results.errors[i] for i in failed])
+    return _result_table(adapter, spec, source, chunk, rows, results), errors
+
+
+def _result_table(adapter: tasks.TaskAdapter, spec: JobSpec, source: Source, chunk: Chunk, rows: list[Any],
+                  results: RowResults) -> pa.Table:
+    """``row_idx``, the input columns that are text, and the task's outputs, for the rows that succeeded."""
+    keep = [i for i, out in enumerate(results.outputs) if out is not None]
+    types = adapter.output_types(spec.options)
+    columns: dict[str, Any] = {ROW_INDEX: pa.array([chunk.start + i for i in keep], pa.int64())}
+    fields = adapter.fields
+    for field, column in source.columns.items():
+        values = [rows[i] if len(fields) == 1 else rows[i][field] for i in keep]
+        echoed = _echo(values, adapter.echo_inputs)
+        if echoed is not None:
+            columns[f"input_{column}" if column in types or column == ROW_INDEX else column] = echoed
+    for name, arrow_type in types.items():
+        columns[name] = pa.array([results.outputs[i][name] for i in keep], arrow_type)  # type: ignore[index]
     return pa.table(columns)
+
+
+def _echo(values: list[Any], as_json: bool) -> pa.Array | None:
+    """An input column to copy into the results: strings as they are, other values (chat messages) as
+    JSON when the task allows it, media never."""
+    if all(v is None or isinstance(v, str) for v in values):
+        return pa.array(values, pa.string())
+    if as_json:
+        return pa.array([json.dumps(v) for v in values], pa.string())
+    return None
 
 
 def _finish(ctx: _Context, job_id: str, chunk: Chunk, *, rows_ok: int, info: dict[str, Any],
@@ -136,8 +169,10 @@ def _finish(ctx: _Context, job_id: str, chunk: Chunk, *, rows_ok: int, info: dic
     return {"chunk": chunk.index, "rows": rows_ok, "rows_failed": rows_failed, **info}
 
 
-def _fail_chunk(ctx: _Context, job_id: str, chunk: Chunk, reason: str) -> dict[str, Any]:
+def _fail_chunk(ctx: _Context, job_id: str, chunk: Chunk, reason: str, out_dir: Path) -> dict[str, Any]:
     logger.error("job %s chunk %d failed: %s", job_id, chunk.index, reason)
+    rows = list(range(chunk.start, chunk.end))
+    write_error_part(out_dir, chunk.index, error_table(rows, [reason] * len(rows)))
     return _finish(ctx, job_id, chunk, rows_ok=0, rows_failed=chunk.rows,
                    info={"state": "failed", "error": reason}, failed=True)
 
@@ -148,7 +183,9 @@ def _finalize(ctx: _Context, job_id: str) -> None:
     if status.rows_failed == 0:
         final, error = JobState.COMPLETED, ""
     elif status.rows_done > 0:
-        final, error = JobState.COMPLETED_WITH_ERRORS, f"{status.chunks_failed} chunk(s) failed"
+        where = Path(ctx.store.get(job_id)["output_dir"]) / "errors"
+        final, error = (JobState.COMPLETED_WITH_ERRORS,
+                        f"{status.rows_failed} of {status.rows_total} rows failed; their errors are in {where}")
     else:
         final, error = JobState.FAILED, _first_chunk_error(ctx, job_id)
     if ctx.store.transition(job_id, final, time_field="finished_at", error=error):
@@ -160,4 +197,15 @@ def _first_chunk_error(ctx: _Context, job_id: str) -> str:
     for info in ctx.store.chunk_states(job_id).values():
         if info.get("error"):
             return str(info["error"])
-    return "every chunk failed"
+    return _first_row_error(Path(ctx.store.get(job_id)["output_dir"]))
+
+
+def _first_row_error(out_dir: Path) -> str:
+    """Every row failed: the first row's error, which usually is every row's."""
+    import pyarrow.parquet as pq
+
+    for path in error_files(out_dir):
+        table = pq.read_table(path, columns=["error"])
+        if table.num_rows:
+            return f"every row failed; the first: {table.column('error')[0].as_py()}"
+    return "every row failed"

@@ -1,0 +1,115 @@
+"""Loading a model for a task: read its config, check that it fits the task, load weights the way asked.
+
+The same fit check runs twice: at submit time on ``config.json`` (read from a local folder, or fetched
+from the Hub when reachable), so a mismatch fails before anything is enqueued, and again on the worker
+before weights load, so a job the producer could not check still fails with the same clear message.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from hfqueue.errors import ModelLoadError
+
+logger = logging.getLogger(__name__)
+
+
+def read_config(model: str, revision: str | None) -> dict[str, Any] | None:
+    """The model's ``config.json`` as a dict; None when it cannot be had (offline, no access, no file)."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        config = path / "config.json"
+        return json.loads(config.read_text()) if config.exists() else None
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return json.loads(Path(hf_hub_download(model, "config.json", revision=revision)).read_text())
+    except Exception as exc:  # noqa: BLE001 - offline, gated, missing: the worker checks again when it loads
+        logger.debug("config of %s not checked at submit: %s", model, exc)
+        return None
+
+
+def head_problem(task: str, model_class: str, heads: tuple[str, ...], config: dict[str, Any]) -> str | None:
+    """Why a model with this config cannot run ``task``, or None when it fits.
+
+    ``heads`` names ``transformers`` auto mappings (e.g. ``MODEL_FOR_CAUSAL_LM_MAPPING_NAMES``); the
+    model fits when one of its ``architectures`` is a class those mappings list, or, for a config
+    without ``architectures``, when its ``model_type`` has such a class.
+    """
+    if not heads:
+        return None
+    from transformers.models.auto import modeling_auto
+
+    classes: set[str] = set()
+    model_types: set[str] = set()
+    for mapping_name in heads:
+        mapping = getattr(modeling_auto, mapping_name)
+        model_types.update(mapping)
+        for value in mapping.values():
+            classes.update([value] if isinstance(value, str) else value)
+    architectures = config.get("architectures") or []
+    if architectures:
+        if any(a in classes for a in architectures):
+            return None
+        return (f"it is a {architectures[0]}, and {task} needs a model with a {model_class} head "
+                f"(an architecture such as {_example(heads, config.get('model_type'))})")
+    model_type = config.get("model_type")
+    if model_type is None or model_type in model_types:
+        return None
+    return f"its model type {model_type!r} has no {model_class} head, which {task} needs"
+
+
+def _example(heads: tuple[str, ...], model_type: str | None) -> str:
+    from transformers.models.auto import modeling_auto
+
+    mapping = getattr(modeling_auto, heads[0])
+    example = mapping.get(model_type) or next(iter(mapping.values()))
+    return example if isinstance(example, str) else example[0]
+
+
+def load_weights(model_class: str, model: str, *, revision: str | None, device: str, dtype: str,
+                 quantization: str | None, trust_remote_code: bool) -> Any:
+    """Load ``transformers.<model_class>`` weights on ``device``, in eval mode.
+
+    ``quantization`` ("8bit"/"4bit") goes through bitsandbytes and needs a CUDA device and the
+    package; anything else raises :class:`ModelLoadError` saying which is missing.
+    """
+    import torch
+    import transformers
+
+    kwargs: dict[str, Any] = {"revision": revision, "trust_remote_code": trust_remote_code,
+                              "dtype": "auto" if dtype == "auto" else getattr(torch, dtype)}
+    if quantization:
+        kwargs.update(quantization_config=_bnb_config(quantization, device), device_map=device)
+    net = getattr(transformers, model_class).from_pretrained(model, **kwargs)
+    if not quantization:  # a quantized model is placed by device_map and cannot be moved
+        net.to(device)
+    return net.eval()
+
+
+def _bnb_config(quantization: str, device: str) -> Any:
+    if not device.startswith("cuda"):
+        raise ModelLoadError(f"quantization {quantization!r} needs a CUDA worker; this worker runs on {device}. "
+                             "Submit without quantization, or send the job to a GPU worker's queue",
+                             value=quantization)
+    try:
+        import bitsandbytes  # noqa: F401 - only checking that it is installed
+    except ImportError:
+        raise ModelLoadError(f"quantization {quantization!r} needs the bitsandbytes package on the worker "
+                             "(pip install bitsandbytes)", value=quantization) from None
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.bfloat16)
+
+
+def resolved_revision(model: str, net: Any, asked: str | None) -> str | None:
+    """The commit a Hub model was loaded from (for the manifest); None for a local folder."""
+    if Path(model).expanduser().exists():
+        return None
+    return getattr(net.config, "_commit_hash", None) or asked

@@ -1,0 +1,52 @@
+"""Tasks that run through a ``transformers.pipeline`` built once around the resident model.
+
+The pipeline does the task's pre- and post-processing (offsets and entity grouping, NLI pairs, mask
+filling, image and audio features); hfqueue still forms the batches, so each call gets one batch of
+similar-length rows and ``batch_size`` equal to it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from hfqueue.tasks.base import LoadedModel, TaskAdapter
+
+
+class PipelineTask(TaskAdapter):
+    """A task adapter backed by ``pipeline(pipeline_task)``; subclasses shape each pipeline output."""
+
+    pipeline_task: ClassVar[str]
+
+    def setup(self, loaded: LoadedModel) -> None:
+        from transformers import pipeline
+
+        loaded.extra["pipe"] = pipeline(self.pipeline_task, model=loaded.model, **self.components(loaded))
+
+    def components(self, loaded: LoadedModel) -> dict[str, Any]:
+        """The pre-processors handed to ``pipeline``; a tokenizer for text tasks."""
+        return {"tokenizer": loaded.tokenizer}
+
+    def prepare(self, loaded: LoadedModel, rows: list[Any], options: dict[str, Any], max_length: int) -> list[Any]:
+        # Tokenized here only to measure length for batching; the pipeline tokenizes again itself.
+        enc = loaded.tokenizer(list(rows), truncation=True, max_length=max_length)
+        return [{"input": row, "length": len(ids)} for row, ids in zip(rows, enc["input_ids"], strict=True)]
+
+    def length(self, feature: Any) -> int:
+        return int(feature["length"])
+
+    def collate(self, loaded: LoadedModel, features: list[Any]) -> Any:
+        return [f["input"] for f in features]
+
+    def forward(self, loaded: LoadedModel, batch: Any, options: dict[str, Any]) -> list[dict[str, Any]]:
+        pipe, kwargs = loaded.extra["pipe"], self.call_kwargs(loaded, options)
+        # Some pipelines unwrap a one-element list; a lone row is passed bare and its output wrapped.
+        outputs = [pipe(batch[0], **kwargs)] if len(batch) == 1 else pipe(batch, batch_size=len(batch), **kwargs)
+        return [self.shape(out, options) for out in outputs]
+
+    def call_kwargs(self, loaded: LoadedModel, options: dict[str, Any]) -> dict[str, Any]:
+        """Keyword arguments of each pipeline call."""
+        return {}
+
+    def shape(self, output: Any, options: dict[str, Any]) -> dict[str, Any]:
+        """One output row from the pipeline's output for one input."""
+        raise NotImplementedError

@@ -1,0 +1,79 @@
+"""automatic-speech-recognition: the transcript of each audio row (CTC models such as wav2vec2, or Whisper)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from hfqueue.tasks.base import LoadedModel
+from hfqueue.tasks.media import decode_audio, media_problem
+from hfqueue.tasks.pipeline_task import PipelineTask
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+_SAMPLES_PER_TOKEN = 160  # 10 ms at 16 kHz, the frame rate of most speech feature extractors
+
+
+class SpeechRecognitionOptions(BaseModel):
+    """``chunk_length_s``: transcribe long audio in windows of this many seconds (None: whole file at once)."""
+
+    model_config = ConfigDict(extra="forbid")
+    chunk_length_s: float | None = Field(None, gt=0)
+
+
+class SpeechRecognition(PipelineTask):
+    """Output column ``text``. Rows are an Audio column of a dataset, or audio file paths (wav, flac, ogg,
+    mp3: whatever libsndfile reads), resampled to the model's rate."""
+
+    name = "automatic-speech-recognition"
+    aliases = ("asr", "speech-recognition")
+    pipeline_task = "automatic-speech-recognition"
+    fields = ("audio",)
+    echo_inputs = False
+    Options: ClassVar[type[BaseModel]] = SpeechRecognitionOptions
+    model_class = "AutoModelForCTC"
+    heads = ("MODEL_FOR_CTC_MAPPING_NAMES", "MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES")
+    default_model = ("facebook/wav2vec2-base-960h", "22aad52")
+
+    def row_problem(self, row: Any) -> str | None:
+        return media_problem(row, "audio")
+
+    def output_types(self, options: dict[str, Any]) -> "dict[str, pa.DataType]":
+        import pyarrow as pa
+
+        return {"text": pa.string()}
+
+    def auto_class(self, config: Any) -> str:
+        # Whisper-style encoder-decoders load with their own auto class; CTC models (wav2vec2) with CTC.
+        from transformers.models.auto import modeling_auto
+
+        if config.model_type in modeling_auto.MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES:
+            return "AutoModelForSpeechSeq2Seq"
+        return self.model_class
+
+    def load_processor(self, model: str, *, revision: str | None, trust_remote_code: bool) -> Any:
+        import transformers
+
+        return transformers.AutoProcessor.from_pretrained(model, revision=revision,
+                                                          trust_remote_code=trust_remote_code)
+
+    def components(self, loaded: LoadedModel) -> dict[str, Any]:
+        processor = loaded.tokenizer
+        return {"tokenizer": processor.tokenizer, "feature_extractor": processor.feature_extractor}
+
+    def prepare(self, loaded: LoadedModel, rows: list[Any], options: dict[str, Any], max_length: int) -> list[Any]:
+        rate = loaded.tokenizer.feature_extractor.sampling_rate
+        features = []
+        for row in rows:
+            samples = decode_audio(row, rate)
+            features.append({"input": {"raw": samples, "sampling_rate": rate},
+                             "length": max(1, len(samples) * 16_000 // rate // _SAMPLES_PER_TOKEN)})
+        return features
+
+    def call_kwargs(self, loaded: LoadedModel, options: dict[str, Any]) -> dict[str, Any]:
+        return {"chunk_length_s": options["chunk_length_s"]} if options["chunk_length_s"] else {}
+
+    def shape(self, output: Any, options: dict[str, Any]) -> dict[str, Any]:
+        return {"text": output["text"].strip()}

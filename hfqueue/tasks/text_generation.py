@@ -1,0 +1,89 @@
+"""text-generation: continue each prompt with a causal LM's ``generate``; chat rows use the chat template.
+
+A row is a plain prompt (a string) or a conversation (a list of ``{"role", "content"}`` messages),
+which goes through the tokenizer's chat template with the generation prompt added. Prompts are
+left-padded, as decoder-only generation needs, and cut from the left when longer than the limit so
+the end of a conversation, the part being answered, is kept.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel, Field
+
+from hfqueue.errors import ModelLoadError
+from hfqueue.tasks.base import LoadedModel, TaskAdapter
+from hfqueue.tasks.generation import GenerationOptions, generate
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+
+class TextGenerationOptions(GenerationOptions):
+    """Generation options, plus ``return_full_text`` (prompt + continuation) and ``as_chat`` (send plain
+    string prompts through the chat template as one user message). ``max_new_tokens`` defaults to 256."""
+
+    max_new_tokens: int | None = Field(256, gt=0, le=32768)
+    return_full_text: bool = False
+    as_chat: bool = False
+
+
+class TextGeneration(TaskAdapter):
+    """Output column ``generated_text``: the continuation (or prompt + continuation with return_full_text)."""
+
+    name = "text-generation"
+    Options: ClassVar[type[BaseModel]] = TextGenerationOptions
+    model_class = "AutoModelForCausalLM"
+    heads = ("MODEL_FOR_CAUSAL_LM_MAPPING_NAMES",)
+    default_model = ("HuggingFaceTB/SmolLM3-3B", "a07cc9a")
+
+    def row_problem(self, row: Any) -> str | None:
+        if isinstance(row, str):
+            return None
+        if isinstance(row, list) and row and all(isinstance(m, dict) and {"role", "content"} <= set(m) for m in row):
+            return None
+        return "text-generation takes a prompt string or a non-empty list of {'role': ..., 'content': ...} messages"
+
+    def output_types(self, options: dict[str, Any]) -> "dict[str, pa.DataType]":
+        import pyarrow as pa
+
+        return {"generated_text": pa.string()}
+
+    def setup(self, loaded: LoadedModel) -> None:
+        tokenizer = loaded.tokenizer
+        tokenizer.padding_side = "left"
+        tokenizer.truncation_side = "left"
+        if tokenizer.pad_token is None:
+            if tokenizer.eos_token is None:
+                raise ModelLoadError("the tokenizer has neither a pad nor an eos token to pad prompts with",
+                                     value="pad_token")
+            tokenizer.pad_token = tokenizer.eos_token
+
+    def prepare(self, loaded: LoadedModel, rows: list[Any], options: dict[str, Any], max_length: int) -> list[Any]:
+        tokenizer = loaded.tokenizer
+        features = []
+        for row in rows:
+            problem = self.row_problem(row)
+            if problem:
+                raise ValueError(problem)
+            messages = [{"role": "user", "content": row}] if options["as_chat"] and isinstance(row, str) else row
+            if isinstance(messages, list):
+                if not tokenizer.chat_template:
+                    raise ModelLoadError("chat rows need a chat template, and this model's tokenizer has none; "
+                                         "send plain prompt strings instead", value="chat_template")
+                text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+                enc = tokenizer(text, add_special_tokens=False, truncation=True, max_length=max_length)
+            else:
+                enc = tokenizer(messages, truncation=True, max_length=max_length)
+            features.append(dict(enc))
+        return features
+
+    def forward(self, loaded: LoadedModel, batch: dict[str, Any], options: dict[str, Any]) -> list[dict[str, Any]]:
+        out = generate(loaded, batch, options)
+        width = batch["input_ids"].shape[1]  # left padding: every prompt ends at the same column
+        texts = loaded.tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+        if options["return_full_text"]:
+            prompts = loaded.tokenizer.batch_decode(batch["input_ids"], skip_special_tokens=True)
+            texts = [p + t for p, t in zip(prompts, texts, strict=True)]
+        return [{"generated_text": t} for t in texts]
