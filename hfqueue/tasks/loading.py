@@ -54,7 +54,7 @@ def head_problem(task: str, model_class: str, heads: tuple[str, ...], config: di
     if architectures:
         if any(a in classes for a in architectures):
             return None
-        return (f"it is a {architectures[0]}, and {task} needs a model with a {model_class} head "
+        return (f"it is a {architectures[0]}, and {task} needs a model with an {model_class} head "
                 f"(an architecture such as {_example(heads, config.get('model_type'))})")
     model_type = config.get("model_type")
     if model_type is None or model_type in model_types:
@@ -62,11 +62,16 @@ def head_problem(task: str, model_class: str, heads: tuple[str, ...], config: di
     return f"its model type {model_type!r} has no {model_class} head, which {task} needs"
 
 
+_FAMILIAR = ("bert", "distilbert", "roberta", "bart", "t5", "gpt2", "llama", "vit", "wav2vec2", "whisper")
+
+
 def _example(heads: tuple[str, ...], model_type: str | None) -> str:
+    """A class the task accepts: of the model's own family when it has one, else of a familiar family."""
     from transformers.models.auto import modeling_auto
 
     mapping = getattr(modeling_auto, heads[0])
-    example = mapping.get(model_type) or next(iter(mapping.values()))
+    family = next((t for t in (model_type, *_FAMILIAR) if t in mapping), next(iter(mapping)))
+    example = mapping[family]
     return example if isinstance(example, str) else example[0]
 
 

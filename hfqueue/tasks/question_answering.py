@@ -64,8 +64,14 @@ class QuestionAnswering(TaskAdapter):
             problem = self.row_problem(row)
             if problem:
                 raise ValueError(problem)
-            enc = loaded.tokenizer(row["question"].lstrip(), row["context"], truncation="only_second",
-                                   max_length=seq_len, stride=options["doc_stride"],
+            question = row["question"].lstrip()
+            # Windows share `stride` tokens; it must leave room for new context in each window.
+            room = seq_len - len(loaded.tokenizer(question)["input_ids"]) - 1
+            if room < 8:
+                raise ValueError(f"the question leaves {room} tokens of a {seq_len}-token window for the context; "
+                                 "shorten it or raise max_seq_len")
+            enc = loaded.tokenizer(question, row["context"], truncation="only_second",
+                                   max_length=seq_len, stride=min(options["doc_stride"], room // 2),
                                    return_overflowing_tokens=True, return_offsets_mapping=True)
             model_keys = [k for k in enc.keys() if k not in ("offset_mapping", "overflow_to_sample_mapping")]
             windows = [{"inputs": {k: enc[k][i] for k in model_keys}, "offsets": enc["offset_mapping"][i],

@@ -74,7 +74,7 @@ class Seq2SeqTask(TaskAdapter):
 
     def forward(self, loaded: LoadedModel, batch: dict[str, Any], options: dict[str, Any]) -> list[dict[str, Any]]:
         out = generate(loaded, batch, options, **self.generate_extra(loaded, options))
-        texts = loaded.tokenizer.batch_decode(out, skip_special_tokens=True, clean_up_tokenization_spaces=True)
+        texts = loaded.tokenizer.batch_decode(out, skip_special_tokens=True)
         return [{self.output_column: t.strip()} for t in texts]
 
 
@@ -101,11 +101,11 @@ class Translation(Seq2SeqTask):
         tokenizer, src, tgt = loaded.tokenizer, options["src_lang"], options["tgt_lang"]
         if tgt is None:
             return {}
-        tgt_id = tokenizer.convert_tokens_to_ids(tgt)
-        if tgt_id is not None and tgt_id != tokenizer.unk_token_id:  # a multilingual model's language code
+        codes = tokenizer.get_added_vocab()  # multilingual tokenizers add their language codes as tokens
+        if tgt in codes:
             if src is not None and hasattr(tokenizer, "src_lang"):
                 tokenizer.src_lang = src  # the tokenizer prepends the source code; reset per call
-            return {"forced_bos_token_id": tgt_id}
+            return {"forced_bos_token_id": codes[tgt]}
         if not self.prefix(loaded, options):
             raise ModelLoadError(
                 f"translation to {tgt!r}: the model has no language code {tgt!r} and no prefix for "
