@@ -97,19 +97,24 @@ def _parser() -> argparse.ArgumentParser:
 
 def _spec_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", required=True, help="task name, e.g. feature-extraction, text-classification")
-    p.add_argument("--model", required=True, help="Hub model id or local model folder")
+    p.add_argument("--model", help="Hub model id or local model folder (default: the task's default model)")
     p.add_argument("--revision", help="model branch, tag or commit")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--dataset", nargs="+", help="Hub dataset id, local dataset folder, or data files (globs ok)")
-    src.add_argument("--inputs-file", type=Path, help="a text file with one input per line")
+    src.add_argument("--inputs-file", type=Path,
+                     help="one input per line; a .jsonl file holds one JSON row per line (a string, a "
+                          "{field: value} object, or a list of chat messages)")
     src.add_argument("--input", action="append", dest="inputs", help="an input row (repeat for more)")
     p.add_argument("--dataset-config", help="dataset configuration (subset) name")
     p.add_argument("--split", default="train", help="dataset split (default: train)")
     p.add_argument("--dataset-revision", help="dataset branch, tag or commit")
-    p.add_argument("--column", default="text", help="input column (default: text)")
+    p.add_argument("--column", help="input column of a one-field task (default: the task's, e.g. text)")
+    p.add_argument("--columns", action="append", default=[], metavar="FIELD=COLUMN",
+                   help="column of each field of a multi-field task, e.g. question=q (repeat for more)")
     p.add_argument("--output-dir", help="folder under HFQ_OUTPUT_ROOT (default: the job id)")
     p.add_argument("--chunk-size", type=int, help="rows per chunk (default: HFQ_CHUNK_SIZE)")
     p.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"])
+    p.add_argument("--quantization", choices=["8bit", "4bit"], help="load weights quantized (CUDA workers only)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="task option, e.g. pooling=cls or normalize=true (repeat for more)")
 
@@ -117,25 +122,40 @@ def _spec_arguments(p: argparse.ArgumentParser) -> None:
 def _spec_fields(args: argparse.Namespace) -> dict[str, Any]:
     fields: dict[str, Any] = {k: getattr(args, k) for k in (
         "task", "model", "revision", "dataset_config", "split", "dataset_revision", "column", "output_dir",
-        "chunk_size", "dtype") if getattr(args, k) is not None}
+        "chunk_size", "dtype", "quantization") if getattr(args, k) is not None}
+    if args.columns:
+        fields["columns"] = dict(_pair(c, "--columns") for c in args.columns)
     if args.dataset:
         fields["dataset"] = args.dataset[0] if len(args.dataset) == 1 else args.dataset
     elif args.inputs_file:
-        fields["inputs"] = [line for line in args.inputs_file.read_text().splitlines() if line.strip()]
+        lines = [line for line in args.inputs_file.read_text().splitlines() if line.strip()]
+        fields["inputs"] = [_json_line(args.inputs_file, n, line) for n, line in enumerate(lines, 1)] \
+            if args.inputs_file.suffix == ".jsonl" else lines
     else:
         fields["inputs"] = args.inputs
-    fields["options"] = dict(_option(o) for o in args.option)
+    fields["options"] = {}
+    for text in args.option:
+        key, value = _pair(text, "--option")
+        try:
+            fields["options"][key] = json.loads(value)
+        except json.JSONDecodeError:
+            fields["options"][key] = value
     return fields
 
 
-def _option(text: str) -> tuple[str, Any]:
+def _pair(text: str, flag: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     if not sep or not key:
-        raise HfqError(f"--option takes KEY=VALUE, got {text!r}")
+        raise HfqError(f"{flag} takes KEY=VALUE, got {text!r}")
+    return key, value
+
+
+def _json_line(path: Path, number: int, line: str) -> Any:
     try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
+        return json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise HfqError(f"{path} line {number} is not JSON ({exc.msg}); a .jsonl inputs file holds one JSON "
+                       "value per line", value=number) from None
 
 
 def _client(settings: Settings) -> Any:

@@ -1,0 +1,91 @@
+"""The runner on its own: order restored, bad rows isolated by halving, job-level errors raised.
+
+The adapter here is a plain function over strings, not a model: what is under test is the runner's
+bookkeeping, which is the same whatever the model is.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from hfqueue.errors import ModelLoadError
+from hfqueue.tasks.base import LoadedModel, TaskAdapter
+from hfqueue.worker.runner import BatchStopped, infer_rows
+
+pytestmark = pytest.mark.timeout(10)
+
+
+class Upper(TaskAdapter):
+    """Upper-cases rows; a batch holding "bad" raises, a row "unpreparable" cannot be prepared."""
+
+    name = "upper"
+
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+
+    def prepare(self, loaded: LoadedModel, rows: list[Any], options: dict[str, Any], max_length: int) -> list[Any]:
+        if "unpreparable" in rows:
+            raise ValueError("cannot prepare")
+        if "unfit" in rows:
+            raise ModelLoadError("the model does not fit")
+        return [{"input_ids": list(row), "row": row} for row in rows]
+
+    def collate(self, loaded: LoadedModel, features: list[Any]) -> Any:
+        return [f["row"] for f in features]
+
+    def forward(self, loaded: LoadedModel, batch: Any, options: dict[str, Any]) -> list[dict[str, Any]]:
+        self.batches.append(batch)
+        if "bad" in batch:
+            raise RuntimeError("bad row in batch")
+        return [{"out": row.upper()} for row in batch]
+
+
+LOADED = LoadedModel(model=None, tokenizer=None, device="cpu", revision=None)
+
+
+def run(adapter: Upper, rows: list[str], **kwargs: Any) -> Any:
+    return infer_rows(adapter, LOADED, rows, {}, max_batch_size=4, max_batch_tokens=1000, max_length=64, **kwargs)
+
+
+def test_outputs_come_back_in_input_order_across_length_sorted_batches() -> None:
+    # given rows of very different lengths, when they run in batches of 4
+    rows = ["a" * n for n in (3, 30, 1, 12, 7, 25, 2, 9, 18)]
+    result = run(Upper(), rows)
+
+    # then each output is its own row's, in input order, and nothing failed
+    assert [o["out"] for o in result.outputs] == [r.upper() for r in rows] and result.errors == {}
+
+
+def test_a_failing_row_is_isolated_and_the_rest_of_its_batch_succeeds() -> None:
+    # given nine rows, one of which makes its batch raise
+    rows = [f"row{i}" for i in range(9)]
+    rows[5] = "bad"
+    adapter = Upper()
+
+    # when they run
+    result = run(adapter, rows)
+
+    # then only that row failed, with the error, and every other row has its output
+    assert list(result.errors) == [5] and "RuntimeError: bad row in batch" in result.errors[5]
+    assert [o and o["out"] for o in result.outputs] == [r.upper() if r != "bad" else None for r in rows]
+    assert ["bad"] in adapter.batches  # it was narrowed down to a batch of its own
+
+
+def test_a_row_that_cannot_be_prepared_fails_alone() -> None:
+    result = run(Upper(), ["one", "unpreparable", "three"])
+    assert result.errors == {1: "ValueError: cannot prepare"}
+    assert [o and o["out"] for o in result.outputs] == ["ONE", None, "THREE"]
+
+
+def test_a_job_level_error_is_raised_not_filed_as_a_row_error() -> None:
+    with pytest.raises(ModelLoadError, match="does not fit"):
+        run(Upper(), ["one", "unfit"])
+
+
+def test_should_stop_stops_at_a_batch_boundary() -> None:
+    adapter = Upper()
+    with pytest.raises(BatchStopped):
+        run(adapter, [f"r{i}" for i in range(12)], should_stop=lambda: len(adapter.batches) >= 1)
+    assert len(adapter.batches) == 1
