@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,6 +21,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may reach the Hub
 
 from hfqueue import Client, Settings  # noqa: E402
 from hfqueue.embedded import RedisServer  # noqa: E402
+from tests import task_models  # noqa: E402
 from tests.tiny_models import build_classifier, build_encoder, sentences  # noqa: E402
 
 LABELS = ("NEGATIVE", "NEUTRAL", "POSITIVE")
@@ -42,6 +44,24 @@ def encoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def classifier(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny BERT classifier folder with three labels, for text-classification."""
     return build_classifier(tmp_path_factory.mktemp("classifier"), labels=LABELS)
+
+
+def _model_fixture(name: str, build: Callable[[Path], Path], doc: str) -> Any:
+    def fixture(tmp_path_factory: pytest.TempPathFactory) -> Path:
+        return build(tmp_path_factory.mktemp(name))
+
+    fixture.__doc__ = doc
+    return pytest.fixture(scope="session", name=name)(fixture)
+
+
+token_classifier = _model_fixture("token_classifier", task_models.build_token_classifier, "A tiny NER model.")
+nli_classifier = _model_fixture("nli_classifier", task_models.build_nli_classifier, "A tiny NLI model (zero-shot).")
+masked_lm = _model_fixture("masked_lm", task_models.build_masked_lm, "A tiny masked LM (fill-mask).")
+qa_model = _model_fixture("qa_model", task_models.build_qa, "A tiny extractive QA model.")
+causal_lm = _model_fixture("causal_lm", task_models.build_causal_lm, "A tiny GPT-2 with a chat template.")
+seq2seq = _model_fixture("seq2seq", task_models.build_seq2seq, "A tiny BART encoder-decoder.")
+image_classifier = _model_fixture("image_classifier", task_models.build_image_classifier, "A tiny ViT classifier.")
+speech_ctc = _model_fixture("speech_ctc", task_models.build_speech_ctc, "A tiny wav2vec2 CTC model.")
 
 
 @pytest.fixture(scope="session")

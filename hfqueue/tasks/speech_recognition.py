@@ -1,4 +1,10 @@
-"""automatic-speech-recognition: the transcript of each audio row (CTC models such as wav2vec2, or Whisper)."""
+"""automatic-speech-recognition: the transcript of each audio row (CTC models such as wav2vec2, or Whisper).
+
+CTC models run here directly: the batch is padded, and each row's transcript is decoded from its own
+frames only. (The pipeline, batched, also decodes the padded frames at the end of shorter clips.)
+Encoder-decoder models (Whisper pads every clip to 30 s anyway) and long audio cut into windows
+(``chunk_length_s``) go through the pipeline.
+"""
 
 from __future__ import annotations
 
@@ -71,6 +77,20 @@ class SpeechRecognition(PipelineTask):
             features.append({"input": {"raw": samples, "sampling_rate": rate},
                              "length": max(1, len(samples) * 16_000 // rate // _SAMPLES_PER_TOKEN)})
         return features
+
+    def forward(self, loaded: LoadedModel, batch: Any, options: dict[str, Any]) -> list[dict[str, Any]]:
+        if options["chunk_length_s"] or loaded.model.config.is_encoder_decoder:
+            return super().forward(loaded, batch, options)
+        import torch
+
+        extractor, model = loaded.tokenizer.feature_extractor, loaded.model
+        clips = [row["raw"] for row in batch]
+        enc = extractor(clips, sampling_rate=extractor.sampling_rate, padding=True, return_tensors="pt")
+        with torch.inference_mode():
+            logits = model(**{k: v.to(loaded.device) for k, v in enc.items()}).logits
+        frames = model._get_feat_extract_output_lengths(torch.tensor([len(c) for c in clips])).tolist()
+        ids = logits.argmax(-1).cpu()
+        return [{"text": loaded.tokenizer.tokenizer.decode(ids[i, :n]).strip()} for i, n in enumerate(frames)]
 
     def call_kwargs(self, loaded: LoadedModel, options: dict[str, Any]) -> dict[str, Any]:
         return {"chunk_length_s": options["chunk_length_s"]} if options["chunk_length_s"] else {}

@@ -106,3 +106,32 @@ def test_submit_a_jobspec_over_a_folder_of_data_files(client: Client, encoder: P
 
     # then all 30 rows come back, in the folder's order
     assert result["text"] == texts[:30] and result["row_idx"] == list(range(30))
+
+
+def test_run_question_answering_from_a_jsonl_inputs_file(worker, settings, qa_model: Path, texts: list[str],
+                                                        tmp_path: Path) -> None:
+    # given a .jsonl file of question/context rows
+    rows = [{"question": f"What is said in part {i}?", "context": texts[i]} for i in range(5)]
+    inputs = tmp_path / "rows.jsonl"
+    inputs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    # when `hfq run` runs question-answering over it
+    done = hfq("run", "--task", "question-answering", "--model", str(qa_model), "--inputs-file", str(inputs),
+               "--option", "max_answer_len=5", "--output-dir", "qa-cli", "--json", env=settings_env(settings))
+
+    # then it exits 0 and every answer is a span of its own context
+    assert done.returncode == 0, done.stderr
+    ds = datasets.load_dataset("parquet", data_files=str(settings.output_root / "qa-cli" / "*.parquet"),
+                               split="train")
+    assert ds["question"] == [r["question"] for r in rows]
+    assert all(r["answer"] == r["context"][r["start"]:r["end"]] and r["answer"] for r in ds)
+
+
+def test_a_bad_jsonl_line_is_named(settings, tmp_path: Path) -> None:
+    # given a .jsonl inputs file whose second line is not JSON
+    inputs = tmp_path / "rows.jsonl"
+    inputs.write_text('{"question": "q", "context": "c"}\n{not json\n')
+
+    # when it is submitted, then the command exits 2 naming the file and line
+    done = hfq("submit", "--task", "question-answering", "--inputs-file", str(inputs), env=settings_env(settings))
+    assert done.returncode == 2 and "rows.jsonl line 2 is not JSON" in done.stderr
