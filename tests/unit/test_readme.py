@@ -33,3 +33,20 @@ def test_every_hfq_command_is_documented() -> None:
     # then each appears in the README's command table
     for name in commands:
         assert f"`hfq {name}" in README, name
+
+
+def test_every_task_has_a_row_with_its_aliases_and_output_columns() -> None:
+    # given the task registry, with default options for the tasks that need none
+    from hfqueue import tasks
+
+    table = README[README.index("### Tasks and their output columns"):README.index("Generation options (all")]
+    rows = {line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith("| `")}
+    for name in tasks.names():
+        adapter = tasks.get(name)
+        # then each task has a row naming it, its aliases and every output column
+        row = next((line for key, line in rows.items() if key.startswith(f"`{name}`")), None)
+        assert row is not None, name
+        assert all(f"`{alias}`" in row for alias in adapter.aliases), name
+        defaults = {"candidate_labels": ["a"]} if name == "zero-shot-classification" else {}
+        columns = adapter.output_types(adapter.validate_options(defaults))
+        assert all(f"`{col}`" in row for col in columns) or "as text-classification" in row, name
