@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test down clean
+.PHONY: install run test bench down clean
 
 install: $(STAMP)
 
@@ -22,6 +22,10 @@ run: install  ## embed 2,000 real sentences with all-MiniLM-L6-v2, end to end, o
 
 test: install  ## the whole test suite (real redis-server, real workers, tiny models)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
+
+bench: install  ## hfqueue against the plain alternatives, side by side (writes benchmarks/results/)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[bench]'
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/embeddings.py
 
 down:  ## stop the embedded redis-server
 	$(BIN)/hfq down

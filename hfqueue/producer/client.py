@@ -131,7 +131,7 @@ class Job:
             sync_manifest(self.client.store, self.id)
         return self.status()
 
-    def wait(self, timeout: float | None = None, *, progress: bool = False, poll_interval: float = 0.5) -> JobStatus:
+    def wait(self, timeout: float | None = None, *, progress: bool = False, poll_interval: float = 0.2) -> JobStatus:
         """Block until the job ends; return its final status.
 
         Raises :class:`JobFailedError` (failed), :class:`JobCancelledError` (cancelled) or

@@ -115,7 +115,8 @@ def _run(ctx: _Context, job_id: str, spec: JobSpec, source: Source, chunk: Chunk
         raise ModelLoadError("the job asks for trust_remote_code, which this worker does not allow "
                              "(the operator can set HFQ_ALLOW_REMOTE_CODE=true)", value=spec.model)
     adapter = tasks.get(spec.task)
-    loaded = ctx.models.get(adapter, str(spec.model), revision=spec.revision, device=resolve_device(settings.device),
+    device = resolve_device(settings.device)
+    loaded = ctx.models.get(adapter, str(spec.model), revision=spec.revision, device=device,
                             dtype=spec.dtype or settings.dtype, quantization=spec.quantization,
                             trust_remote_code=spec.trust_remote_code)
     if loaded.revision:
@@ -125,7 +126,7 @@ def _run(ctx: _Context, job_id: str, spec: JobSpec, source: Source, chunk: Chunk
         raise HfqError(f"chunk {chunk.index} expected {chunk.rows} rows, read {len(rows)}")
     results = infer_rows(
         adapter, loaded, rows, spec.options, max_batch_size=settings.max_batch_size,
-        max_batch_tokens=settings.max_batch_tokens, max_length=settings.max_length,
+        max_batch_tokens=settings.batch_tokens(device), max_length=settings.max_length,
         should_stop=lambda: ctx.store.state(job_id) != JobState.RUNNING,
     )
     failed = sorted(results.errors)

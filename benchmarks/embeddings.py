@@ -1,0 +1,159 @@
+"""``make bench``: hfqueue against the plain ways of embedding a dataset, side by side, on the same rows.
+
+Every contender embeds the same 2,000 sentences of ``pydoc_data.topics`` with all-MiniLM-L6-v2 (mean
+pooling, normalized), timed after its model is loaded (a worker keeps its model resident, so a
+job never pays the load):
+
+  a. hfqueue end to end: save the rows as a dataset, submit, wait, read the results (one worker);
+  b. ``pipeline("feature-extraction")`` over ``KeyDataset`` with batch_size 32, pooled afterwards;
+  c. sentence-transformers ``encode(batch_size=64)``;
+  d. a hand-written loop over length-sorted batches of 64 (the fastest plain loop we know to write).
+
+Prints one table (rows/s and the ratio to the plain loop) and writes it as JSON. Each contender's
+vectors are checked against the plain loop's, so a fast wrong answer cannot win.
+
+    python benchmarks/embeddings.py [--rows 2000] [--out benchmarks/results/embeddings-cpu.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from hfqueue import Client, Settings  # noqa: E402
+from hfqueue.demo import minilm_path, topic_sentences  # noqa: E402
+from hfqueue.embedded import RedisServer  # noqa: E402
+
+
+def plain_loop(model: Any, tok: Any, rows: list[str], batch_size: int = 64) -> np.ndarray:
+    """(d) Sort by token length, embed batches of 64, put the vectors back in input order."""
+    lengths = [len(ids) for ids in tok(rows, truncation=True, max_length=512)["input_ids"]]
+    order = sorted(range(len(rows)), key=lengths.__getitem__, reverse=True)
+    out = np.zeros((len(rows), model.config.hidden_size), dtype=np.float32)
+    with torch.inference_mode():
+        for start in range(0, len(rows), batch_size):
+            index = order[start:start + batch_size]
+            enc = tok([rows[i] for i in index], padding=True, truncation=True, max_length=512, return_tensors="pt")
+            out[index] = _pool(model(**enc).last_hidden_state, enc["attention_mask"]).numpy()
+    return out
+
+
+def _pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
+    return torch.nn.functional.normalize(pooled, dim=1)
+
+
+def pipeline_keydataset(path: Path, rows: list[str]) -> tuple[np.ndarray, float]:
+    """(b) The transformers pipeline over a KeyDataset, batch_size 32, each row's token vectors pooled."""
+    import datasets
+    import transformers
+    from transformers.pipelines.pt_utils import KeyDataset
+
+    pipe = transformers.pipeline("feature-extraction", model=str(path), return_tensors=True)
+    data = KeyDataset(datasets.Dataset.from_dict({"text": rows}), "text")
+    started = time.perf_counter()
+    vectors = []
+    lengths = [len(ids) for ids in pipe.tokenizer(rows, truncation=True, max_length=512)["input_ids"]]
+    for out, length in zip(pipe(data, batch_size=32, truncation=True, max_length=512), lengths, strict=True):
+        hidden = (out[0] if out.dim() == 3 else out)[:length]  # a batched row keeps its padding: cut it off
+        vectors.append(_pool(hidden.unsqueeze(0), torch.ones(1, length))[0].numpy())
+    return np.stack(vectors), time.perf_counter() - started
+
+
+def sentence_transformers_encode(path: Path, rows: list[str]) -> tuple[np.ndarray, float]:
+    """(c) sentence-transformers' encode, batch 64, normalized."""
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(path), device="cpu")
+    started = time.perf_counter()
+    vectors = model.encode(rows, batch_size=64, normalize_embeddings=True, convert_to_numpy=True)
+    return vectors, time.perf_counter() - started
+
+
+def hfqueue_end_to_end(path: Path, rows: list[str], work: Path, settings_overrides: dict[str, Any]
+                       ) -> tuple[np.ndarray, float]:
+    """(a) A real redis-server and one real worker; the clock runs from submit to the results read back."""
+    import datasets
+
+    with RedisServer(work / "redis") as server:
+        settings = Settings(broker_url=server.url, output_root=work / "results", state_dir=work / "state",
+                            **settings_overrides)
+        env = {**os.environ, "HFQ_BROKER_URL": server.url, "HF_HUB_OFFLINE": "1",
+               **{f"HFQ_{k.upper()}": str(v) for k, v in settings_overrides.items()}}
+        worker = subprocess.Popen([sys.executable, "-m", "hfqueue", "worker", "--name", "bench@local"], env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            with Client(settings) as client:
+                while not client.workers():
+                    time.sleep(0.2)
+                options = {"normalize": True}
+                # Warm-up: the worker loads and keeps the model, as it would for the first job of the day.
+                client.submit(task="feature-extraction", model=str(path), inputs=rows[:8], options=options).wait(300)
+                folder = work / "rows"
+                datasets.Dataset.from_dict({"text": rows}).save_to_disk(folder)
+                started = time.perf_counter()
+                job = client.submit(task="feature-extraction", model=str(path), dataset=str(folder), options=options)
+                vectors = job.result(timeout=1800).with_format("numpy")["embedding"]
+                seconds = time.perf_counter() - started
+                for index, info in sorted(job.chunks().items()):
+                    print(f"  chunk {index}: {info.get('seconds')} s in the worker")
+                return np.asarray(vectors, dtype=np.float32), seconds
+        finally:
+            worker.terminate()
+            worker.wait(60)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=2000)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/embeddings-cpu.json"))
+    args = parser.parse_args()
+
+    import transformers
+
+    path = minilm_path()
+    rows = topic_sentences(args.rows)
+    tok = transformers.AutoTokenizer.from_pretrained(path)
+    model = transformers.AutoModel.from_pretrained(path).eval()
+    started = time.perf_counter()
+    reference = plain_loop(model, tok, rows)
+    results: dict[str, tuple[np.ndarray, float]] = {"d. plain loop, sorted batches of 64":
+                                                    (reference, time.perf_counter() - started)}
+    results["b. pipeline + KeyDataset, batch 32"] = pipeline_keydataset(path, rows)
+    results["c. sentence-transformers encode, batch 64"] = sentence_transformers_encode(path, rows)
+    with tempfile.TemporaryDirectory() as work:
+        results["a. hfqueue end to end, 1 worker"] = hfqueue_end_to_end(path, rows, Path(work), {})
+
+    base = len(rows) / results["d. plain loop, sorted batches of 64"][1]
+    table = []
+    for name in sorted(results):
+        vectors, seconds = results[name]
+        table.append({"contender": name, "rows": len(rows), "seconds": round(seconds, 2),
+                      "rows_per_s": round(len(rows) / seconds, 1), "ratio_to_plain_loop": round(len(rows) / seconds / base, 2),
+                      "max_abs_diff_to_plain_loop": float(np.abs(vectors - reference).max())})
+    print(f"{'contender':45} {'rows/s':>8} {'x loop':>7} {'max |diff|':>11}")
+    for row in table:
+        print(f"{row['contender']:45} {row['rows_per_s']:8.1f} {row['ratio_to_plain_loop']:7.2f} "
+              f"{row['max_abs_diff_to_plain_loop']:11.1e}")
+    machine = {"cpu_count": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+               "platform": platform.platform(), "transformers": transformers.__version__}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"machine": machine, "model": "all-MiniLM-L6-v2", "results": table}, indent=2))
+    print(f"written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
