@@ -8,6 +8,7 @@ tokens, i.e. rows x the longest row in the batch, which is what a padded forward
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 
 def plan_batches(lengths: Sequence[int], max_batch_size: int, max_batch_tokens: int) -> list[list[int]]:
@@ -41,3 +42,20 @@ def padding_efficiency(lengths: Sequence[int], batches: Sequence[Sequence[int]])
     real = sum(lengths[i] for b in batches for i in b)
     padded = sum(max(lengths[i] for i in b) * len(b) for b in batches if b)
     return real / padded if padded else 1.0
+
+
+@dataclass
+class TokenBudget:
+    """The padded-token budget of one model on one device for one job; shrinks when a batch runs out of memory.
+
+    >>> budget = TokenBudget(4096)
+    >>> budget.shrink(3000); budget.tokens
+    1500
+    """
+
+    tokens: int
+    floor: int = 64
+
+    def shrink(self, batch_tokens: int) -> None:
+        """A batch of ``batch_tokens`` padded tokens ran out of memory: allow half of it from now on."""
+        self.tokens = max(self.floor, min(self.tokens, batch_tokens // 2))

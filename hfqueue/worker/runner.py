@@ -3,7 +3,9 @@
 A row that cannot be prepared (it does not tokenize or decode) or whose batch raises is not allowed
 to take the chunk down with it: a failing batch is split in halves and retried until the failing rows
 stand alone, and each of those is reported with its error while every other row gets its output.
-Errors that concern the whole job (the model does not fit the task) are raised, not isolated.
+A batch that runs out of device memory is split the same way, and the token budget shrinks to half of
+that batch for the rest of the job, so later batches are planned small enough. Errors that concern the
+whole job (the model does not fit the task) are raised, not isolated.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 
 from hfqueue.errors import HfqError, ModelLoadError
 from hfqueue.tasks.base import LoadedModel, TaskAdapter
-from hfqueue.worker.batching import plan_batches
+from hfqueue.worker.batching import TokenBudget, plan_batches
 
 
 class BatchStopped(HfqError):
@@ -30,20 +32,28 @@ class RowResults:
 
 
 def infer_rows(adapter: TaskAdapter, loaded: LoadedModel, rows: list[Any], options: dict[str, Any], *,
-               max_batch_size: int, max_batch_tokens: int, max_length: int,
+               max_batch_size: int, max_batch_tokens: int | TokenBudget, max_length: int,
                should_stop: Callable[[], bool] = lambda: False) -> RowResults:
     """Outputs for ``rows`` in their order, and the error of each row that failed.
 
-    Raises :class:`BatchStopped` when ``should_stop()`` turns true at a batch boundary, and
-    :class:`ModelLoadError` when the adapter finds the model unfit for the job.
+    ``max_batch_tokens`` may be a :class:`TokenBudget` shared across chunks, which out-of-memory
+    errors shrink. Raises :class:`BatchStopped` when ``should_stop()`` turns true at a batch
+    boundary, and :class:`ModelLoadError` when the adapter finds the model unfit for the job.
     """
+    budget = max_batch_tokens if isinstance(max_batch_tokens, TokenBudget) else TokenBudget(max_batch_tokens)
     results = RowResults([None] * len(rows))
     features = _prepare(adapter, loaded, rows, options, max_length, results.errors)
-    ok = [i for i in range(len(rows)) if i not in results.errors]
-    for batch in plan_batches([adapter.length(features[i]) for i in ok], max_batch_size, max_batch_tokens):
+    lengths = {i: adapter.length(features[i]) for i in range(len(rows)) if i not in results.errors}
+    pending = list(lengths)
+    while pending:
         if should_stop():
             raise BatchStopped("stopped at a batch boundary")
-        _run(adapter, loaded, [ok[j] for j in batch], features, options, results)
+        # Planned afresh each time: an out-of-memory error may have shrunk the budget.
+        first = plan_batches([lengths[i] for i in pending], max_batch_size, budget.tokens)[0]
+        batch = [pending[j] for j in first]
+        taken = set(first)
+        pending = [i for j, i in enumerate(pending) if j not in taken]
+        _run(adapter, loaded, batch, features, options, results, budget, lengths)
     if should_stop():  # the end of the last batch is a boundary too: write nothing for a stopped job
         raise BatchStopped("stopped after the last batch")
     return results
@@ -68,7 +78,7 @@ def _prepare(adapter: TaskAdapter, loaded: LoadedModel, rows: list[Any], options
 
 
 def _run(adapter: TaskAdapter, loaded: LoadedModel, index: list[int], features: list[Any],
-         options: dict[str, Any], results: RowResults) -> None:
+         options: dict[str, Any], results: RowResults, budget: TokenBudget, lengths: dict[int, int]) -> None:
     try:
         outputs = adapter.forward(loaded, adapter.collate(loaded, [features[i] for i in index]), options)
         if len(outputs) != len(index):
@@ -76,15 +86,33 @@ def _run(adapter: TaskAdapter, loaded: LoadedModel, index: list[int], features: 
     except ModelLoadError:
         raise
     except Exception as exc:  # noqa: BLE001 - find the rows that fail by halving the batch
+        if is_out_of_memory(exc):
+            _free_device_memory(loaded.device)
+            budget.shrink(max(lengths[i] for i in index) * len(index))
         if len(index) == 1:
             results.errors[index[0]] = _describe(exc)
             return
         half = len(index) // 2
-        _run(adapter, loaded, index[:half], features, options, results)
-        _run(adapter, loaded, index[half:], features, options, results)
+        _run(adapter, loaded, index[:half], features, options, results, budget, lengths)
+        _run(adapter, loaded, index[half:], features, options, results, budget, lengths)
         return
     for i, out in zip(index, outputs, strict=True):
         results.outputs[i] = out
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for a device out-of-memory error (CUDA's own type, or a RuntimeError that says so)."""
+    import torch
+
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
+
+
+def _free_device_memory(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.empty_cache()
 
 
 def _describe(exc: BaseException) -> str:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from hfqueue.manifest import sync_manifest
 from hfqueue.sinks.local import (ROW_INDEX, error_files, error_part_path, error_table, part_path, part_rows, write_error_part,
                                  write_part)
 from hfqueue.store import JobStore, redis_client
+from hfqueue.worker.batching import TokenBudget
 from hfqueue.worker.models import ModelCache, resolve_device
 from hfqueue.worker.runner import BatchStopped, RowResults, infer_rows
 from hfqueue.worker.app import CHUNK_TASK
@@ -37,6 +39,17 @@ class _Context:
     settings: Settings
     store: JobStore
     models: ModelCache
+    # (job, model, device) -> token budget, shrunk by out-of-memory errors for the rest of the job.
+    budgets: OrderedDict[tuple[str, str, str], TokenBudget] = field(default_factory=OrderedDict)
+
+    def budget(self, job_id: str, model: str, device: str) -> TokenBudget:
+        """The job's token budget for this model on this device (the newest 64 jobs' are kept)."""
+        key = (job_id, model, device)
+        if key not in self.budgets:
+            self.budgets[key] = TokenBudget(self.settings.batch_tokens(device))
+            while len(self.budgets) > 64:
+                self.budgets.popitem(last=False)
+        return self.budgets[key]
 
 
 _settings: Settings | None = None
@@ -126,7 +139,7 @@ def _run(ctx: _Context, job_id: str, spec: JobSpec, source: Source, chunk: Chunk
         raise HfqError(f"chunk {chunk.index} expected {chunk.rows} rows, read {len(rows)}")
     results = infer_rows(
         adapter, loaded, rows, spec.options, max_batch_size=settings.max_batch_size,
-        max_batch_tokens=settings.batch_tokens(device), max_length=settings.max_length,
+        max_batch_tokens=ctx.budget(job_id, str(spec.model), device), max_length=settings.max_length,
         should_stop=lambda: ctx.store.state(job_id) != JobState.RUNNING,
     )
     failed = sorted(results.errors)

@@ -9,9 +9,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import torch
 
 from hfqueue.errors import ModelLoadError
 from hfqueue.tasks.base import LoadedModel, TaskAdapter
+from hfqueue.worker.batching import TokenBudget
 from hfqueue.worker.runner import BatchStopped, infer_rows
 
 pytestmark = pytest.mark.timeout(10)
@@ -89,3 +91,40 @@ def test_should_stop_stops_at_a_batch_boundary() -> None:
     with pytest.raises(BatchStopped):
         run(adapter, [f"r{i}" for i in range(12)], should_stop=lambda: len(adapter.batches) >= 1)
     assert len(adapter.batches) == 1
+
+
+class OutOfMemoryAbove(Upper):
+    """Raises CUDA's out-of-memory error (injected: this runs on CPU) for batches over a padded-token limit."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def forward(self, loaded: LoadedModel, batch: Any, options: dict[str, Any]) -> list[dict[str, Any]]:
+        self.batches.append(batch)
+        if max(len(r) for r in batch) * len(batch) > self.limit:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return [{"out": row.upper()} for row in batch]
+
+
+def test_out_of_memory_splits_the_batch_and_shrinks_the_budget_for_later_batches() -> None:
+    # given rows of 10 characters, batches of up to 8 (80 tokens), and memory for 30 tokens at once
+    adapter, budget = OutOfMemoryAbove(limit=30), TokenBudget(1000, floor=10)
+    rows = [f"row-{i:06d}" for i in range(24)]
+
+    # when they run with a shared budget
+    result = infer_rows(adapter, LOADED, rows, {}, max_batch_size=8, max_batch_tokens=budget, max_length=64)
+
+    # then every row succeeds, the budget dropped to what fits, and after the first failure no batch
+    # was planned over it again
+    assert result.errors == {} and [o["out"] for o in result.outputs] == [r.upper() for r in rows]
+    assert budget.tokens <= 30
+    first_fit = next(i for i, b in enumerate(adapter.batches) if 10 * len(b) <= 30)
+    assert all(10 * len(b) <= 40 for b in adapter.batches[first_fit:])
+
+
+def test_a_row_too_big_for_memory_alone_fails_with_the_out_of_memory_error() -> None:
+    result = infer_rows(OutOfMemoryAbove(limit=5), LOADED, ["short", "far too long"], {}, max_batch_size=8,
+                        max_batch_tokens=1000, max_length=64)
+    assert list(result.errors) == [1] and "OutOfMemoryError" in result.errors[1]
+    assert result.outputs[0] == {"out": "SHORT"}
