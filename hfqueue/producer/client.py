@@ -179,13 +179,14 @@ class Job:
 
 
     def errors(self) -> "datasets.Dataset":
-        """The rows that failed, as a ``datasets.Dataset`` of ``row_idx`` and ``error`` (empty when none)."""
+        """The rows that failed, as a ``datasets.Dataset`` of ``row_idx``, ``error_type`` and ``error`` (empty when none)."""
         import datasets
 
         files = [str(p) for p in error_files(self.output_dir)]
         if not files:
-            return datasets.Dataset.from_dict({"row_idx": [], "error": []},
+            return datasets.Dataset.from_dict({"row_idx": [], "error_type": [], "error": []},
                                               features=datasets.Features({"row_idx": datasets.Value("int64"),
+                                                                          "error_type": datasets.Value("string"),
                                                                           "error": datasets.Value("string")}))
         datasets.disable_progress_bars()
         return datasets.load_dataset("parquet", data_files=files, split="train")

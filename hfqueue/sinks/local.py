@@ -1,7 +1,7 @@
 """A job's output folder: one Parquet part per chunk plus ``manifest.json``, the durable record.
 
 Rows that failed are not in the parts: each chunk with failed rows also writes
-``errors/part-NNNNN.parquet`` with their ``row_idx`` and ``error``. A chunk writes its error part
+``errors/part-NNNNN.parquet`` with their ``row_idx``, ``error_type`` and ``error``. A chunk writes its error part
 before its result part, so a result part on disk means the chunk is complete.
 
 Parts are written to a temporary name and renamed, under a name fixed by the chunk index, so a chunk
@@ -54,9 +54,11 @@ def error_part_path(out_dir: Path, index: int) -> Path:
     return part_path(out_dir / ERRORS, index)
 
 
-def error_table(row_idx: list[int], errors: list[str]) -> pa.Table:
-    """The failed rows of a chunk: ``row_idx`` and ``error``."""
-    return pa.table({ROW_INDEX: pa.array(row_idx, pa.int64()), "error": pa.array(errors, pa.string())})
+def error_table(row_idx: list[int], errors: list[tuple[str, str]]) -> pa.Table:
+    """The failed rows of a chunk: ``row_idx``, ``error_type`` (the exception's class) and ``error`` (its message)."""
+    return pa.table({ROW_INDEX: pa.array(row_idx, pa.int64()),
+                     "error_type": pa.array([t for t, _ in errors], pa.string()),
+                     "error": pa.array([m for _, m in errors], pa.string())})
 
 
 def write_part(out_dir: Path, index: int, table: pa.Table) -> Path:

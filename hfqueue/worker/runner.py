@@ -25,10 +25,10 @@ class BatchStopped(HfqError):
 
 @dataclass
 class RowResults:
-    """One slot per input row: its output dict, or None with the reason in ``errors``."""
+    """One slot per input row: its output dict, or None with ``(error type, message)`` in ``errors``."""
 
     outputs: list[dict[str, Any] | None]
-    errors: dict[int, str] = field(default_factory=dict)
+    errors: dict[int, tuple[str, str]] = field(default_factory=dict)
 
 
 def infer_rows(adapter: TaskAdapter, loaded: LoadedModel, rows: list[Any], options: dict[str, Any], *,
@@ -60,7 +60,7 @@ def infer_rows(adapter: TaskAdapter, loaded: LoadedModel, rows: list[Any], optio
 
 
 def _prepare(adapter: TaskAdapter, loaded: LoadedModel, rows: list[Any], options: dict[str, Any],
-             max_length: int, errors: dict[int, str]) -> list[Any]:
+             max_length: int, errors: dict[int, tuple[str, str]]) -> list[Any]:
     try:
         return adapter.prepare(loaded, rows, options, max_length)
     except ModelLoadError:
@@ -115,5 +115,5 @@ def _free_device_memory(device: str) -> None:
         torch.cuda.empty_cache()
 
 
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
+def _describe(exc: BaseException) -> tuple[str, str]:
+    return type(exc).__name__, str(exc)

@@ -92,8 +92,8 @@ def run_chunk(self: Task, message: dict[str, Any]) -> dict[str, Any]:
     attempt = ctx.store.chunk_started(job_id, chunk.index, self.request.hostname or "?")
     ctx.store.transition(job_id, JobState.RUNNING, allowed_from=(JobState.QUEUED.value,), time_field="started_at")
     if attempt > ctx.settings.max_attempts:
-        return _fail_chunk(ctx, job_id, chunk, f"chunk gave up after {attempt - 1} attempts (the worker died each time)",
-                           out_dir)
+        return _fail_chunk(ctx, job_id, chunk, ("WorkerLost", f"chunk gave up after {attempt - 1} attempts "
+                                                              "(the worker died each time)"), out_dir)
     started = time.perf_counter()
     try:
         # Validated at submit; options are checked again since the wire is not trusted.
@@ -111,7 +111,7 @@ def run_chunk(self: Task, message: dict[str, Any]) -> dict[str, Any]:
         return {"failed": str(exc)}
     except Exception as exc:  # noqa: BLE001 - any other error fails this chunk, never the worker
         logger.exception("job %s chunk %d raised", job_id, chunk.index)
-        return _fail_chunk(ctx, job_id, chunk, f"{type(exc).__name__}: {exc}", out_dir)
+        return _fail_chunk(ctx, job_id, chunk, (type(exc).__name__, str(exc)), out_dir)
     seconds = time.perf_counter() - started
     if errors.num_rows:
         write_error_part(out_dir, chunk.index, errors)  # before the result part: see sinks.local
@@ -183,10 +183,11 @@ def _finish(ctx: _Context, job_id: str, chunk: Chunk, *, rows_ok: int, info: dic
     return {"chunk": chunk.index, "rows": rows_ok, "rows_failed": rows_failed, **info}
 
 
-def _fail_chunk(ctx: _Context, job_id: str, chunk: Chunk, reason: str, out_dir: Path) -> dict[str, Any]:
+def _fail_chunk(ctx: _Context, job_id: str, chunk: Chunk, error: tuple[str, str], out_dir: Path) -> dict[str, Any]:
+    reason = f"{error[0]}: {error[1]}"
     logger.error("job %s chunk %d failed: %s", job_id, chunk.index, reason)
     rows = list(range(chunk.start, chunk.end))
-    write_error_part(out_dir, chunk.index, error_table(rows, [reason] * len(rows)))
+    write_error_part(out_dir, chunk.index, error_table(rows, [error] * len(rows)))
     return _finish(ctx, job_id, chunk, rows_ok=0, rows_failed=chunk.rows,
                    info={"state": "failed", "error": reason}, failed=True)
 

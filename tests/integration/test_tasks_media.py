@@ -55,7 +55,7 @@ def test_image_paths_with_a_corrupt_file_fail_only_that_row(client: Client, imag
     ds, errors = job.result(), job.errors()
     assert status.state == JobState.COMPLETED_WITH_ERRORS and (status.rows_done, status.rows_failed) == (5, 1)
     assert ds["image"] == [p for i, p in enumerate(paths) if i != 2]
-    assert errors["row_idx"] == [2] and "does not decode" in errors["error"][0]
+    assert errors["row_idx"] == [2] and errors["error_type"] == ["ValueError"] and "does not decode" in errors["error"][0]
     pipe = transformers.pipeline("image-classification", model=str(image_classifier))
     assert ds["label"] == [pipe(Image.open(p).convert("RGB"), top_k=1)[0]["label"] for p in ds["image"]]
 

@@ -92,7 +92,7 @@ def test_fill_mask_predicts_top_k_and_files_rows_without_a_mask(client: Client, 
 
     # then the masked rows get the pipeline's 3 predictions, and the other row is in the error file
     assert status.state == JobState.COMPLETED_WITH_ERRORS and (status.rows_done, status.rows_failed) == (10, 1)
-    assert errors["row_idx"] == [3] and "exactly once" in errors["error"][0]
+    assert errors["row_idx"] == [3] and errors["error_type"] == ["ValueError"] and "exactly once" in errors["error"][0]
     assert "errors" in status.error and ds["row_idx"] == [i for i in range(11) if i != 3]
     expected = one_by_one("fill-mask", masked_lm, [r for i, r in enumerate(rows) if i != 3], top_k=3)
     for got, want in zip(ds["predictions"], expected, strict=True):
