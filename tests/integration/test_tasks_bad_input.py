@@ -118,3 +118,15 @@ def test_a_task_without_a_model_gets_the_pipeline_default() -> None:
     assert JobSpec(task="summarization", inputs=["x"]).model == "sshleifer/distilbart-cnn-12-6"
     assert JobSpec(task="question-answering", inputs=[{"question": "q", "context": "c"}]).columns == \
         {"question": "question", "context": "context"}
+
+
+def test_trust_remote_code_is_refused_unless_the_worker_allows_it(client: Client, encoder: Path) -> None:
+    # given a worker with the default HFQ_ALLOW_REMOTE_CODE=false
+    assert client.settings.allow_remote_code is False
+
+    # when a job asks to run the model's own code
+    job = client.submit(task="feature-extraction", model=str(encoder), inputs=["hi"], trust_remote_code=True)
+
+    # then the job fails before any model code runs, naming the setting that would allow it
+    with pytest.raises(JobFailedError, match="HFQ_ALLOW_REMOTE_CODE=true"):
+        job.wait(timeout=60)
