@@ -53,6 +53,13 @@ class Settings(BaseSettings):
         "4096 on CPU (measured fastest, see Benchmarks), 16384 on CUDA."
     )
     max_length: int = Field(512, gt=0, description="Inputs are truncated to this many tokens.")
+    max_wait_ms: int = Field(
+        5, ge=0, description="`client.infer` requests: most milliseconds a worker keeps gathering queued "
+        "requests into one batch (it stops at once when none is waiting)."
+    )
+    coalesce_requests: bool = Field(
+        True, description="`client.infer` requests for the same model share forward passes (false: one at a time)."
+    )
     model_cache_size: int = Field(
         2, gt=0, description="Models a worker process keeps resident (least recently used leaves first)."
     )

@@ -198,6 +198,16 @@ class Keys:
         return f"{KEY_PREFIX}:job:{job_id}:chunks"
 
     @staticmethod
+    def requests(queue: str) -> str:
+        """List: pending ``client.infer`` requests for the workers of ``queue`` (they pop them)."""
+        return f"{KEY_PREFIX}:requests:{queue}"
+
+    @staticmethod
+    def reply(request_id: str) -> str:
+        """List: the one reply to a ``client.infer`` request (expires soon after it is written)."""
+        return f"{KEY_PREFIX}:reply:{request_id}"
+
+    @staticmethod
     def done(job_id: str) -> str:
         """Set: indexes of chunks counted as finished (so a re-delivered chunk is counted once)."""
         return f"{KEY_PREFIX}:job:{job_id}:done"

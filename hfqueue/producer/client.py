@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
+import math
 import secrets
 import time
 from pathlib import Path
@@ -13,7 +16,7 @@ from pydantic import ValidationError
 from hfqueue.config import Settings, load_settings
 from hfqueue.errors import (BrokerUnavailableError, HfqError, InvalidSpecError, JobCancelledError, JobFailedError,
                             WaitTimeoutError)
-from hfqueue.jobs import JobSpec, JobState, JobStatus
+from hfqueue.jobs import JobSpec, JobState, JobStatus, Keys
 from hfqueue.manifest import sync_manifest
 from hfqueue.producer.planner import messages, plan_job
 from hfqueue.sinks.local import MANIFEST, error_files, part_files
@@ -68,6 +71,39 @@ class Client:
             raise BrokerUnavailableError(f"could not enqueue job {job_id}: {exc}", value=job_id) from exc
         logger.info("submitted job %s: %d rows in %d chunks", job_id, plan.rows_total, len(plan.chunks))
         return Job(self, job_id)
+
+    def infer(self, task: str, inputs: list[Any], model: str | None = None, *, options: dict[str, Any] | None = None,
+              timeout: float = 30.0, **fields: Any) -> list[dict[str, Any]]:
+        """Run a handful of rows now and return one output dict per input, in order (no job, no files).
+
+        Requests from many callers for the same model and options share forward passes on the worker
+        (see ``HFQ_MAX_WAIT_MS``). Raises :class:`InvalidSpecError` for bad input,
+        :class:`WaitTimeoutError` when no worker answers in ``timeout`` seconds, and :class:`HfqError`
+        naming the rows that failed.
+        """
+        spec = _build_spec(None, {"task": task, "model": model, "inputs": inputs, "options": options or {}, **fields})
+        request_id = secrets.token_hex(8)
+        request = {"id": request_id, "inputs": spec.inputs,
+                   "spec": spec.model_dump(mode="json", exclude={"inputs", "output_dir", "dataset"})}
+        self.store.r.rpush(Keys.requests(self.settings.queue), json.dumps(request))
+        reply = self.store.r.blpop([Keys.reply(request_id)], timeout=max(1, math.ceil(timeout)))
+        if reply is None:
+            # Take the request back if no worker has it yet, so it does not run after the caller gave up.
+            self.store.r.lrem(Keys.requests(self.settings.queue), 1, json.dumps(request))
+            raise WaitTimeoutError(f"no worker answered within {timeout} s (is `hfq worker` running on queue "
+                                   f"{self.settings.queue!r}?)", value=request_id)
+        answer = json.loads(reply[1])
+        if answer["errors"]:
+            first = min(answer["errors"], key=int)
+            kind, message = answer["errors"][first]
+            raise HfqError(f"{len(answer['errors'])} of {len(inputs)} inputs failed; input {first}: {kind}: {message}",
+                           value=sorted(int(i) for i in answer["errors"]))
+        return answer["outputs"]
+
+    async def ainfer(self, task: str, inputs: list[Any], model: str | None = None, **kwargs: Any
+                     ) -> list[dict[str, Any]]:
+        """:meth:`infer` for asyncio code: the blocking wait runs in a worker thread."""
+        return await asyncio.to_thread(self.infer, task, inputs, model, **kwargs)
 
     def job(self, job_id: str) -> "Job":
         """Reattach to a job by id (from any process); :class:`JobNotFoundError` if Redis has no such job."""

@@ -11,6 +11,7 @@ whole job (the model does not fit the task) are raised, not isolated.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,8 +34,11 @@ class RowResults:
 
 def infer_rows(adapter: TaskAdapter, loaded: LoadedModel, rows: list[Any], options: dict[str, Any], *,
                max_batch_size: int, max_batch_tokens: int | TokenBudget, max_length: int,
-               should_stop: Callable[[], bool] = lambda: False) -> RowResults:
+               should_stop: Callable[[], bool] = lambda: False,
+               lock: AbstractContextManager[Any] | None = None) -> RowResults:
     """Outputs for ``rows`` in their order, and the error of each row that failed.
+
+    ``lock`` is held around each forward pass, so two threads sharing a model take turns batch by batch.
 
     ``max_batch_tokens`` may be a :class:`TokenBudget` shared across chunks, which out-of-memory
     errors shrink. Raises :class:`BatchStopped` when ``should_stop()`` turns true at a batch
@@ -53,7 +57,7 @@ def infer_rows(adapter: TaskAdapter, loaded: LoadedModel, rows: list[Any], optio
         batch = [pending[j] for j in first]
         taken = set(first)
         pending = [i for j, i in enumerate(pending) if j not in taken]
-        _run(adapter, loaded, batch, features, options, results, budget, lengths)
+        _run(adapter, loaded, batch, features, options, results, budget, lengths, lock or nullcontext())
     if should_stop():  # the end of the last batch is a boundary too: write nothing for a stopped job
         raise BatchStopped("stopped after the last batch")
     return results
@@ -78,9 +82,12 @@ def _prepare(adapter: TaskAdapter, loaded: LoadedModel, rows: list[Any], options
 
 
 def _run(adapter: TaskAdapter, loaded: LoadedModel, index: list[int], features: list[Any],
-         options: dict[str, Any], results: RowResults, budget: TokenBudget, lengths: dict[int, int]) -> None:
+         options: dict[str, Any], results: RowResults, budget: TokenBudget, lengths: dict[int, int],
+         lock: AbstractContextManager[Any]) -> None:
     try:
-        outputs = adapter.forward(loaded, adapter.collate(loaded, [features[i] for i in index]), options)
+        batch = adapter.collate(loaded, [features[i] for i in index])
+        with lock:
+            outputs = adapter.forward(loaded, batch, options)
         if len(outputs) != len(index):
             raise HfqError(f"task {adapter.name!r} returned {len(outputs)} outputs for {len(index)} inputs")
     except ModelLoadError:
@@ -93,8 +100,8 @@ def _run(adapter: TaskAdapter, loaded: LoadedModel, index: list[int], features: 
             results.errors[index[0]] = _describe(exc)
             return
         half = len(index) // 2
-        _run(adapter, loaded, index[:half], features, options, results, budget, lengths)
-        _run(adapter, loaded, index[half:], features, options, results, budget, lengths)
+        _run(adapter, loaded, index[:half], features, options, results, budget, lengths, lock)
+        _run(adapter, loaded, index[half:], features, options, results, budget, lengths, lock)
         return
     for i, out in zip(index, outputs, strict=True):
         results.outputs[i] = out

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from typing import Any
 
 import pyarrow as pa
 from celery import Celery, Task
+from celery.signals import worker_process_init
 
 from hfqueue import sources, tasks
 from hfqueue.config import Settings
@@ -41,6 +43,8 @@ class _Context:
     models: ModelCache
     # (job, model, device) -> token budget, shrunk by out-of-memory errors for the rest of the job.
     budgets: OrderedDict[tuple[str, str, str], TokenBudget] = field(default_factory=OrderedDict)
+    # Held around model loads and forward passes: chunks and client.infer requests share the models.
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def budget(self, job_id: str, model: str, device: str) -> TokenBudget:
         """The job's token budget for this model on this device (the newest 64 jobs' are kept)."""
@@ -62,6 +66,16 @@ def register(app: Celery, settings: Settings, url: str) -> None:
     global _settings, _url
     _settings, _url = settings, url
     app.task(name=CHUNK_TASK, bind=True)(run_chunk)
+    worker_process_init.connect(_start_request_server, weak=False)
+
+
+def _start_request_server(**_: Any) -> None:
+    # In the serving child, as it starts: a thread that answers client.infer requests (worker/requests.py).
+    from hfqueue.worker.requests import serve_forever
+
+    # Nothing slow here: this handler must return within worker_proc_alive_timeout (4 s).
+    ctx = _ctx()
+    threading.Thread(target=serve_forever, args=(ctx, ctx.lock), name="hfq-requests", daemon=True).start()
 
 
 def _ctx() -> _Context:
@@ -129,9 +143,10 @@ def _run(ctx: _Context, job_id: str, spec: JobSpec, source: Source, chunk: Chunk
                              "(the operator can set HFQ_ALLOW_REMOTE_CODE=true)", value=spec.model)
     adapter = tasks.get(spec.task)
     device = resolve_device(settings.device)
-    loaded = ctx.models.get(adapter, str(spec.model), revision=spec.revision, device=device,
-                            dtype=spec.dtype or settings.dtype, quantization=spec.quantization,
-                            trust_remote_code=spec.trust_remote_code)
+    with ctx.lock:
+        loaded = ctx.models.get(adapter, str(spec.model), revision=spec.revision, device=device,
+                                dtype=spec.dtype or settings.dtype, quantization=spec.quantization,
+                                trust_remote_code=spec.trust_remote_code)
     if loaded.revision:
         ctx.store.set_fields(job_id, model_revision=loaded.revision)
     rows = inline if inline is not None else sources.read_rows(source, chunk.start, chunk.end)
@@ -140,7 +155,7 @@ def _run(ctx: _Context, job_id: str, spec: JobSpec, source: Source, chunk: Chunk
     results = infer_rows(
         adapter, loaded, rows, spec.options, max_batch_size=settings.max_batch_size,
         max_batch_tokens=ctx.budget(job_id, str(spec.model), device), max_length=settings.max_length,
-        should_stop=lambda: ctx.store.state(job_id) != JobState.RUNNING,
+        should_stop=lambda: ctx.store.state(job_id) != JobState.RUNNING, lock=ctx.lock,
     )
     failed = sorted(results.errors)
     errors = error_table([chunk.start + i for i in failed], [results.errors[i] for i in failed])
