@@ -7,7 +7,9 @@ job never pays the load):
   a. hfqueue end to end: save the rows as a dataset, submit, wait, read the results (one worker);
   b. ``pipeline("feature-extraction")`` over ``KeyDataset`` with batch_size 32, pooled afterwards;
   c. sentence-transformers ``encode(batch_size=64)``;
-  d. a hand-written loop over length-sorted batches of 64 (the fastest plain loop we know to write).
+  d. a hand-written loop over length-sorted batches of 64 (the fastest plain loop we know to write);
+  e. one-row ``client.infer`` calls from many producer threads, request coalescing on and off
+     (rows/s, p50 and p99 latency).
 
 Prints one table (rows/s and the ratio to the plain loop) and writes it as JSON. Each contender's
 vectors are checked against the plain loop's, so a fast wrong answer cannot win.
@@ -18,6 +20,7 @@ vectors are checked against the plain loop's, so a fast wrong answer cannot win.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -25,6 +28,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -83,42 +88,68 @@ def sentence_transformers_encode(path: Path, rows: list[str]) -> tuple[np.ndarra
     return vectors, time.perf_counter() - started
 
 
-def hfqueue_end_to_end(path: Path, rows: list[str], work: Path, settings_overrides: dict[str, Any]
-                       ) -> tuple[np.ndarray, float]:
-    """(a) A real redis-server and one real worker; the clock runs from submit to the results read back."""
-    import datasets
-
+@contextlib.contextmanager
+def running_worker(work: Path, overrides: dict[str, Any]) -> Iterator[Client]:
+    """A real redis-server and one real worker with ``overrides``; yields a client once the worker answers."""
     with RedisServer(work / "redis") as server:
         settings = Settings(broker_url=server.url, output_root=work / "results", state_dir=work / "state",
-                            **settings_overrides)
+                            **overrides)
         env = {**os.environ, "HFQ_BROKER_URL": server.url, "HF_HUB_OFFLINE": "1",
-               **{f"HFQ_{k.upper()}": str(v) for k, v in settings_overrides.items()}}
+               **{f"HFQ_{k.upper()}": str(v).lower() for k, v in overrides.items()}}
         worker = subprocess.Popen([sys.executable, "-m", "hfqueue", "worker", "--name", "bench@local"], env=env,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             with Client(settings) as client:
                 while not client.workers():
                     time.sleep(0.2)
-                options = {"normalize": True}
-                # Warm-up: the worker loads and keeps the model, as it would for the first job of the day.
-                client.submit(task="feature-extraction", model=str(path), inputs=rows[:8], options=options).wait(300)
-                folder = work / "rows"
-                datasets.Dataset.from_dict({"text": rows}).save_to_disk(folder)
-                started = time.perf_counter()
-                job = client.submit(task="feature-extraction", model=str(path), dataset=str(folder), options=options)
-                vectors = job.result(timeout=1800).with_format("numpy")["embedding"]
-                seconds = time.perf_counter() - started
-                for index, info in sorted(job.chunks().items()):
-                    print(f"  chunk {index}: {info.get('seconds')} s in the worker")
-                return np.asarray(vectors, dtype=np.float32), seconds
+                yield client
         finally:
             worker.terminate()
             worker.wait(60)
 
 
+def hfqueue_end_to_end(path: Path, rows: list[str], work: Path) -> tuple[np.ndarray, float]:
+    """(a) One worker; the clock runs from submit to the results read back."""
+    import datasets
+
+    with running_worker(work, {}) as client:
+        options = {"normalize": True}
+        # Warm-up: the worker loads and keeps the model, as it would for the first job of the day.
+        client.submit(task="feature-extraction", model=str(path), inputs=rows[:8], options=options).wait(300)
+        folder = work / "rows"
+        datasets.Dataset.from_dict({"text": rows}).save_to_disk(folder)
+        started = time.perf_counter()
+        job = client.submit(task="feature-extraction", model=str(path), dataset=str(folder), options=options)
+        vectors = job.result(timeout=1800).with_format("numpy")["embedding"]
+        return np.asarray(vectors, dtype=np.float32), time.perf_counter() - started
+
+
+def single_row_requests(path: Path, rows: list[str], work: Path, coalesce: bool, producers: int
+                        ) -> dict[str, Any]:
+    """(e) One request per row from ``producers`` threads through client.infer; rows/s and latency."""
+    with running_worker(work, {"coalesce_requests": coalesce}) as client:
+        options = {"normalize": True}
+        client.infer("feature-extraction", rows[:2], str(path), options=options, timeout=300)  # warm-up
+
+        def call(row: str) -> tuple[list[float], float]:
+            started = time.perf_counter()
+            out = client.infer("feature-extraction", [row], str(path), options=options, timeout=300)
+            return out[0]["embedding"], time.perf_counter() - started
+
+        started = time.perf_counter()
+        with ThreadPoolExecutor(producers) as pool:
+            answers = list(pool.map(call, rows))
+        seconds = time.perf_counter() - started
+    latencies = np.array([lat for _, lat in answers]) * 1000
+    return {"vectors": np.asarray([v for v, _ in answers], dtype=np.float32), "seconds": seconds,
+            "p50_ms": float(np.percentile(latencies, 50)), "p99_ms": float(np.percentile(latencies, 99))}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=2000)
+    parser.add_argument("--requests", type=int, default=1000, help="one-row infer calls in (e)")
+    parser.add_argument("--producers", type=int, default=16, help="threads making the calls in (e)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/embeddings-cpu.json"))
     args = parser.parse_args()
 
@@ -135,19 +166,28 @@ def main() -> None:
     results["b. pipeline + KeyDataset, batch 32"] = pipeline_keydataset(path, rows)
     results["c. sentence-transformers encode, batch 64"] = sentence_transformers_encode(path, rows)
     with tempfile.TemporaryDirectory() as work:
-        results["a. hfqueue end to end, 1 worker"] = hfqueue_end_to_end(path, rows, Path(work), {})
+        results["a. hfqueue end to end, 1 worker"] = hfqueue_end_to_end(path, rows, Path(work))
+    latency: dict[str, dict[str, float]] = {}
+    for coalesce in (True, False):
+        name = f"e. {args.requests} one-row infer calls, {args.producers} threads, coalescing {'on' if coalesce else 'off'}"
+        with tempfile.TemporaryDirectory() as work:
+            run = single_row_requests(path, rows[:args.requests], Path(work), coalesce, args.producers)
+        results[name] = (run["vectors"], run["seconds"])
+        latency[name] = {"p50_ms": round(run["p50_ms"], 1), "p99_ms": round(run["p99_ms"], 1)}
 
     base = len(rows) / results["d. plain loop, sorted batches of 64"][1]
     table = []
     for name in sorted(results):
         vectors, seconds = results[name]
-        table.append({"contender": name, "rows": len(rows), "seconds": round(seconds, 2),
-                      "rows_per_s": round(len(rows) / seconds, 1), "ratio_to_plain_loop": round(len(rows) / seconds / base, 2),
-                      "max_abs_diff_to_plain_loop": float(np.abs(vectors - reference).max())})
-    print(f"{'contender':45} {'rows/s':>8} {'x loop':>7} {'max |diff|':>11}")
+        n = len(vectors)
+        table.append({"contender": name, "rows": n, "seconds": round(seconds, 2), "rows_per_s": round(n / seconds, 1),
+                      "ratio_to_plain_loop": round(n / seconds / base, 2),
+                      "max_abs_diff_to_plain_loop": float(np.abs(vectors - reference[:n]).max()),
+                      **latency.get(name, {})})
+    print(f"{'contender':70} {'rows/s':>8} {'x loop':>7} {'max |diff|':>11} {'p50 ms':>8} {'p99 ms':>8}")
     for row in table:
-        print(f"{row['contender']:45} {row['rows_per_s']:8.1f} {row['ratio_to_plain_loop']:7.2f} "
-              f"{row['max_abs_diff_to_plain_loop']:11.1e}")
+        print(f"{row['contender']:70} {row['rows_per_s']:8.1f} {row['ratio_to_plain_loop']:7.2f} "
+              f"{row['max_abs_diff_to_plain_loop']:11.1e} {row.get('p50_ms', ''):>8} {row.get('p99_ms', ''):>8}")
     machine = {"cpu_count": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
                "platform": platform.platform(), "transformers": transformers.__version__}
     args.out.parent.mkdir(parents=True, exist_ok=True)
