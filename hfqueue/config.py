@@ -57,6 +57,10 @@ class Settings(BaseSettings):
         5, ge=0, description="`client.infer` requests: most milliseconds a worker keeps gathering queued "
         "requests into one batch (it stops at once when none is waiting)."
     )
+    request_batch_tokens: int | None = Field(
+        None, gt=0, description="`client.infer` requests: padded-token budget of one forward pass; unset: 256 on "
+        "CPU (measured best for gathered one-row requests, see Benchmarks), max_batch_tokens's default on CUDA."
+    )
     coalesce_requests: bool = Field(
         True, description="`client.infer` requests for the same model share forward passes (false: one at a time)."
     )
@@ -120,6 +124,16 @@ class Settings(BaseSettings):
         if self.max_batch_tokens is not None:
             return self.max_batch_tokens
         return 16_384 if device.startswith("cuda") else 4_096
+
+    def request_tokens(self, device: str) -> int:
+        """``request_batch_tokens``, or the default for ``device`` when it is unset.
+
+        Gathered requests are few rows of any length; on CPU a tight budget splits the long ones off
+        instead of padding every short row to them.
+        """
+        if self.request_batch_tokens is not None:
+            return self.request_batch_tokens
+        return self.batch_tokens(device) if device.startswith("cuda") else 256
 
 
 def load_settings(**overrides: Any) -> Settings:

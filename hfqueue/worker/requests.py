@@ -92,7 +92,7 @@ def _answer(ctx: Any, lock: threading.Lock, device: str, group: list[dict[str, A
                                     dtype=spec["dtype"] or settings.dtype, quantization=spec.get("quantization"),
                                     trust_remote_code=bool(spec.get("trust_remote_code")))
         results = infer_rows(adapter, loaded, rows, spec["options"], max_batch_size=settings.max_batch_size,
-                             max_batch_tokens=settings.batch_tokens(device), max_length=settings.max_length,
+                             max_batch_tokens=settings.request_tokens(device), max_length=settings.max_length,
                              lock=lock)
         outputs, errors = results.outputs, results.errors
     except Exception as exc:  # noqa: BLE001 - the whole group failed: every request hears why
