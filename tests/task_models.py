@@ -24,7 +24,7 @@ from transformers import (BartConfig, BartForConditionalGeneration, BertForMaske
                           ViTImageProcessorPil, Wav2Vec2Config, Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor,
                           Wav2Vec2ForCTC, Wav2Vec2Processor)
 
-from tests.tiny_models import WEIGHT_SEED, _config, _make_tokenizer, _save
+from tests.tiny_models import _config, _make_tokenizer, _save, seeded
 
 __all__ = ["audio_dataset", "build_causal_lm", "build_image_classifier", "build_masked_lm", "build_nli_classifier",
            "build_qa", "build_seq2seq", "build_speech_ctc", "build_token_classifier", "image_dataset",
@@ -43,37 +43,30 @@ def _labels(names: tuple[str, ...]) -> dict[str, object]:
             "label2id": {n: i for i, n in enumerate(names)}}
 
 
-def _seeded(build):  # type: ignore[no-untyped-def]
-    """Run a model constructor under the fixed seed without touching the caller's RNG."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(WEIGHT_SEED)
-        return build()
-
-
 def build_token_classifier(path: Path) -> Path:
     """BERT with a token-classification head over O / B-PER / I-PER / B-LOC / I-LOC."""
     tok = _make_tokenizer()
-    model = _seeded(lambda: BertForTokenClassification(_config(tok, initializer_range=1.0, **_labels(NER_LABELS))))
+    model = seeded(lambda: BertForTokenClassification(_config(tok, initializer_range=1.0, **_labels(NER_LABELS))))
     return _save(model, tok, path)
 
 
 def build_nli_classifier(path: Path) -> Path:
     """BERT with a three-way NLI head (contradiction / neutral / entailment), for zero-shot."""
     tok = _make_tokenizer()
-    model = _seeded(lambda: BertForSequenceClassification(_config(tok, initializer_range=1.0, **_labels(NLI_LABELS))))
+    model = seeded(lambda: BertForSequenceClassification(_config(tok, initializer_range=1.0, **_labels(NLI_LABELS))))
     return _save(model, tok, path)
 
 
 def build_masked_lm(path: Path) -> Path:
     """BERT with a masked-LM head; the tokenizer's mask token is ``[MASK]``."""
     tok = _make_tokenizer()
-    return _save(_seeded(lambda: BertForMaskedLM(_config(tok, initializer_range=0.5))), tok, path)
+    return _save(seeded(lambda: BertForMaskedLM(_config(tok, initializer_range=0.5))), tok, path)
 
 
 def build_qa(path: Path) -> Path:
     """BERT with an extractive question-answering head (the tokenizer encodes question/context pairs)."""
     tok = _make_tokenizer()
-    return _save(_seeded(lambda: BertForQuestionAnswering(_config(tok, initializer_range=0.5))), tok, path)
+    return _save(seeded(lambda: BertForQuestionAnswering(_config(tok, initializer_range=0.5))), tok, path)
 
 
 def _generation_tokenizer() -> PreTrainedTokenizerFast:
@@ -90,7 +83,7 @@ def build_causal_lm(path: Path) -> Path:
     ids = {"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id}
     config = GPT2Config(vocab_size=len(tok), n_positions=512, n_embd=32, n_layer=2, n_head=2,
                         initializer_range=0.5, **ids)
-    model = _seeded(lambda: GPT2LMHeadModel(config))
+    model = seeded(lambda: GPT2LMHeadModel(config))
     model.generation_config = GenerationConfig(**ids)
     return _save(model, tok, path)
 
@@ -103,7 +96,7 @@ def build_seq2seq(path: Path) -> Path:
     config = BartConfig(vocab_size=len(tok), max_position_embeddings=512, d_model=32, encoder_layers=1,
                         decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=37,
                         decoder_ffn_dim=37, init_std=0.5, forced_bos_token_id=None, forced_eos_token_id=None, **ids)
-    model = _seeded(lambda: BartForConditionalGeneration(config))
+    model = seeded(lambda: BartForConditionalGeneration(config))
     model.generation_config = GenerationConfig(**ids)
     return _save(model, tok, path)
 
@@ -112,7 +105,7 @@ def build_image_classifier(path: Path) -> Path:
     """A two-layer ViT over 32x32 images (cat / dog / bird) with a PIL image processor (no torchvision)."""
     config = ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                        intermediate_size=37, initializer_range=1.0, **_labels(IMAGE_LABELS))
-    _seeded(lambda: ViTForImageClassification(config)).save_pretrained(path)
+    seeded(lambda: ViTForImageClassification(config)).save_pretrained(path)
     ViTImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(path)
     return path
 
@@ -130,7 +123,7 @@ def build_speech_ctc(path: Path) -> Path:
                             intermediate_size=37, conv_dim=(32, 32), conv_kernel=(10, 3), conv_stride=(5, 2),
                             num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2, pad_token_id=0,
                             initializer_range=1.0, feat_extract_norm="layer", do_stable_layer_norm=True)
-    model = _seeded(lambda: Wav2Vec2ForCTC(config))
+    model = seeded(lambda: Wav2Vec2ForCTC(config))
     with torch.no_grad():
         # Wide output margins: padding a batch moves logits by ~1e-4, which must not flip a character.
         model.lm_head.weight.mul_(50)

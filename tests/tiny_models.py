@@ -21,13 +21,17 @@ from __future__ import annotations
 import functools
 import random
 import re
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import BertConfig, BertForSequenceClassification, BertModel, PreTrainedTokenizerFast
 
-__all__ = ["build_classifier", "build_encoder", "build_tokenizer", "sentences"]
+__all__ = ["build_classifier", "build_encoder", "build_tokenizer", "seeded", "sentences"]
+
+T = TypeVar("T")
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 VOCAB_SIZE = 800
@@ -162,6 +166,13 @@ def _config(tokenizer: PreTrainedTokenizerFast, **extra: object) -> BertConfig:
     )
 
 
+def seeded(build: Callable[[], T]) -> T:
+    """Run a model constructor under the fixed weight seed, leaving the caller's RNG state alone."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(WEIGHT_SEED)
+        return build()
+
+
 def _save(model: torch.nn.Module, tokenizer: PreTrainedTokenizerFast, path: Path) -> Path:
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -176,10 +187,7 @@ def build_encoder(path: Path) -> Path:
     feature-extraction; the same weights on every call."""
     tokenizer = _make_tokenizer()
     config = _config(tokenizer)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(WEIGHT_SEED)
-        model = BertModel(config)
-    return _save(model, tokenizer, path)
+    return _save(seeded(lambda: BertModel(config)), tokenizer, path)
 
 
 def build_classifier(path: Path, labels: tuple[str, ...] = ("NEGATIVE", "POSITIVE")) -> Path:
@@ -200,7 +208,4 @@ def build_classifier(path: Path, labels: tuple[str, ...] = ("NEGATIVE", "POSITIV
         id2label=dict(enumerate(labels)),
         label2id={label: i for i, label in enumerate(labels)},
     )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(WEIGHT_SEED)
-        model = BertForSequenceClassification(config)
-    return _save(model, tokenizer, path)
+    return _save(seeded(lambda: BertForSequenceClassification(config)), tokenizer, path)

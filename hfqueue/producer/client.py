@@ -83,13 +83,13 @@ class Client:
         """
         spec = _build_spec(None, {"task": task, "model": model, "inputs": inputs, "options": options or {}, **fields})
         request_id = secrets.token_hex(8)
-        request = {"id": request_id, "inputs": spec.inputs,
-                   "spec": spec.model_dump(mode="json", exclude={"inputs", "output_dir", "dataset"})}
-        self.store.r.rpush(Keys.requests(self.settings.queue), json.dumps(request))
+        request = json.dumps({"id": request_id, "inputs": spec.inputs,
+                              "spec": spec.model_dump(mode="json", exclude={"inputs", "output_dir", "dataset"})})
+        self.store.r.rpush(Keys.requests(self.settings.queue), request)
         reply = self.store.r.blpop([Keys.reply(request_id)], timeout=max(1, math.ceil(timeout)))
         if reply is None:
             # Take the request back if no worker has it yet, so it does not run after the caller gave up.
-            self.store.r.lrem(Keys.requests(self.settings.queue), 1, json.dumps(request))
+            self.store.r.lrem(Keys.requests(self.settings.queue), 1, request)
             raise WaitTimeoutError(f"no worker answered within {timeout} s (is `hfq worker` running on queue "
                                    f"{self.settings.queue!r}?)", value=request_id)
         answer = json.loads(reply[1])

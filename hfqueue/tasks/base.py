@@ -119,18 +119,15 @@ class TaskAdapter:
         try:
             config = transformers.AutoConfig.from_pretrained(model, revision=revision,
                                                              trust_remote_code=trust_remote_code)
-        except Exception as exc:  # transformers raises OSError, ValueError, KeyError, ... for bad models
-            raise ModelLoadError(f"cannot load model {model!r} for task {self.name!r}: {exc}", value=model) from exc
-        problem = self.config_problem(config.to_dict())
-        if problem:
-            raise ModelLoadError(f"model {model!r} cannot run task {self.name!r}: {problem}", value=model)
-        try:
+            problem = self.config_problem(config.to_dict())
+            if problem:
+                raise ModelLoadError(f"model {model!r} cannot run task {self.name!r}: {problem}", value=model)
             processor = self.load_processor(model, revision=revision, trust_remote_code=trust_remote_code)
-            net = load_weights(self.auto_class(config), model, revision=revision, device=device, dtype=dtype,
-                               quantization=quantization, trust_remote_code=trust_remote_code)
+            net = load_weights(self.auto_class(config), model, config=config, revision=revision, device=device,
+                               dtype=dtype, quantization=quantization, trust_remote_code=trust_remote_code)
         except ModelLoadError:
             raise
-        except Exception as exc:
+        except Exception as exc:  # transformers raises OSError, ValueError, KeyError, ... for bad models
             raise ModelLoadError(f"cannot load model {model!r} for task {self.name!r}: {exc}", value=model) from exc
         loaded = LoadedModel(net, processor, device, resolved_revision(model, net, revision))
         self.setup(loaded)

@@ -75,9 +75,9 @@ def _example(heads: tuple[str, ...], model_type: str | None) -> str:
     return example if isinstance(example, str) else example[0]
 
 
-def load_weights(model_class: str, model: str, *, revision: str | None, device: str, dtype: str,
+def load_weights(model_class: str, model: str, *, config: Any, revision: str | None, device: str, dtype: str,
                  quantization: str | None, trust_remote_code: bool) -> Any:
-    """Load ``transformers.<model_class>`` weights on ``device``, in eval mode.
+    """Load ``transformers.<model_class>`` weights on ``device``, in eval mode, with the ``config`` already read.
 
     ``quantization`` ("8bit"/"4bit") goes through bitsandbytes and needs a CUDA device and the
     package; anything else raises :class:`ModelLoadError` saying which is missing.
@@ -85,7 +85,7 @@ def load_weights(model_class: str, model: str, *, revision: str | None, device: 
     import torch
     import transformers
 
-    kwargs: dict[str, Any] = {"revision": revision, "trust_remote_code": trust_remote_code,
+    kwargs: dict[str, Any] = {"config": config, "revision": revision, "trust_remote_code": trust_remote_code,
                               "dtype": "auto" if dtype == "auto" else getattr(torch, dtype)}
     if quantization:
         kwargs.update(quantization_config=_bnb_config(quantization, device), device_map=device)

@@ -29,7 +29,12 @@ class PipelineTask(TaskAdapter):
     def prepare(self, loaded: LoadedModel, rows: list[Any], options: dict[str, Any], max_length: int) -> list[Any]:
         # Tokenized here only to measure length for batching; the pipeline tokenizes again itself.
         enc = loaded.tokenizer(list(rows), truncation=True, max_length=max_length)
-        return [{"input": row, "length": len(ids)} for row, ids in zip(rows, enc["input_ids"], strict=True)]
+        per_row = self.items_per_row(options)
+        return [{"input": row, "length": len(ids) * per_row} for row, ids in zip(rows, enc["input_ids"], strict=True)]
+
+    def items_per_row(self, options: dict[str, Any]) -> int:
+        """Model inputs the pipeline makes of one row (zero-shot: one NLI pair per label); batches pay for these."""
+        return 1
 
     def length(self, feature: Any) -> int:
         return int(feature["length"])
@@ -40,7 +45,8 @@ class PipelineTask(TaskAdapter):
     def forward(self, loaded: LoadedModel, batch: Any, options: dict[str, Any]) -> list[dict[str, Any]]:
         pipe, kwargs = loaded.extra["pipe"], self.call_kwargs(loaded, options)
         # Some pipelines unwrap a one-element list; a lone row is passed bare and its output wrapped.
-        outputs = [pipe(batch[0], **kwargs)] if len(batch) == 1 else pipe(batch, batch_size=len(batch), **kwargs)
+        size = len(batch) * self.items_per_row(options)
+        outputs = [pipe(batch[0], **kwargs)] if len(batch) == 1 else pipe(batch, batch_size=size, **kwargs)
         return [self.shape(out, options) for out in outputs]
 
     def call_kwargs(self, loaded: LoadedModel, options: dict[str, Any]) -> dict[str, Any]:

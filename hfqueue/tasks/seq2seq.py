@@ -69,8 +69,7 @@ class Seq2SeqTask(TaskAdapter):
         # Options differ between jobs that share the loaded model: derive everything per call.
         prefix = self.prefix(loaded, options)
         self.generate_extra(loaded, options)  # fails the job now when the options do not fit the model
-        enc = loaded.tokenizer([prefix + row for row in rows], truncation=True, max_length=max_length)
-        return [{k: enc[k][i] for k in enc.keys()} for i in range(len(rows))]
+        return super().prepare(loaded, [prefix + row for row in rows], options, max_length)
 
     def forward(self, loaded: LoadedModel, batch: dict[str, Any], options: dict[str, Any]) -> list[dict[str, Any]]:
         out = generate(loaded, batch, options, **self.generate_extra(loaded, options))

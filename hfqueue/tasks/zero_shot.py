@@ -52,21 +52,8 @@ class ZeroShotClassification(PipelineTask):
                     "(use an NLI model such as facebook/bart-large-mnli)")
         return super().config_problem(config)
 
-    def length(self, feature: Any) -> int:
-        # Each row runs once per candidate label (one NLI pair each); the pairs are what the batch pays for.
-        return int(feature["length"]) * int(feature["labels"])
-
-    def prepare(self, loaded: Any, rows: list[Any], options: dict[str, Any], max_length: int) -> list[Any]:
-        features = super().prepare(loaded, rows, options, max_length)
-        for feature in features:
-            feature["labels"] = len(options["candidate_labels"])
-        return features
-
-    def forward(self, loaded: Any, batch: Any, options: dict[str, Any]) -> list[dict[str, Any]]:
-        pipe, kwargs = loaded.extra["pipe"], self.call_kwargs(loaded, options)
-        pairs = len(batch) * len(options["candidate_labels"])
-        outputs = [pipe(batch[0], **kwargs)] if len(batch) == 1 else pipe(batch, batch_size=pairs, **kwargs)
-        return [self.shape(out, options) for out in outputs]
+    def items_per_row(self, options: dict[str, Any]) -> int:
+        return len(options["candidate_labels"])  # one NLI pair per candidate label
 
     def call_kwargs(self, loaded: LoadedModel, options: dict[str, Any]) -> dict[str, Any]:
         return {k: options[k] for k in ("candidate_labels", "multi_label", "hypothesis_template")}

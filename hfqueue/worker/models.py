@@ -52,13 +52,14 @@ class ModelCache:
         while len(self._models) > self.size:
             old_key, _ = self._models.popitem(last=False)
             logger.info("evicted %s (%s) from the model cache", old_key[1], old_key[0])
-            self._free(device)
+            free_device_memory(device)
         return loaded
 
-    @staticmethod
-    def _free(device: str) -> None:
-        gc.collect()
-        if device.startswith("cuda"):
-            import torch
 
-            torch.cuda.empty_cache()
+def free_device_memory(device: str) -> None:
+    """Give memory held by dropped tensors back: to Python, and on CUDA to the device."""
+    gc.collect()
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.empty_cache()

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from collections import defaultdict
 from typing import Any
@@ -26,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from hfqueue import tasks
-from hfqueue.jobs import Keys
+from hfqueue.jobs import JobSpec, Keys
 from hfqueue.worker.runner import infer_rows
 
 logger = logging.getLogger(__name__)
@@ -34,7 +33,7 @@ logger = logging.getLogger(__name__)
 REPLY_TTL = 60  # seconds a reply waits for a caller that gave up
 
 
-def serve_forever(ctx: Any, lock: threading.Lock) -> None:
+def serve_forever(ctx: Any) -> None:
     """Pop, gather, run and answer requests until the process ends (run in a daemon thread)."""
     from hfqueue.worker.models import resolve_device
 
@@ -50,7 +49,7 @@ def serve_forever(ctx: Any, lock: threading.Lock) -> None:
             if settings.coalesce_requests:
                 requests += _gather(r, key, len(requests[0]["inputs"]), settings)
             for group in _groups(requests).values():
-                _answer(ctx, lock, device, group)
+                _answer(ctx, device, group)
         except Exception:  # noqa: BLE001 - the serving thread must outlive any one bad request
             logger.exception("request server error")
             time.sleep(0.5)
@@ -79,21 +78,18 @@ def _groups(requests: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     return groups
 
 
-def _answer(ctx: Any, lock: threading.Lock, device: str, group: list[dict[str, Any]]) -> None:
-    spec, settings = group[0]["spec"], ctx.settings
+def _answer(ctx: Any, device: str, group: list[dict[str, Any]]) -> None:
+    # Validated by the producer; the options are checked again since the wire is not trusted.
+    spec, settings = JobSpec.model_construct(**group[0]["spec"]), ctx.settings
     rows = [row for req in group for row in req["inputs"]]
     started = time.perf_counter()
     try:
-        if spec.get("trust_remote_code") and not settings.allow_remote_code:
-            raise PermissionError("the request asks for trust_remote_code, which this worker does not allow")
-        adapter = tasks.get(spec["task"])
-        with lock:
-            loaded = ctx.models.get(adapter, spec["model"], revision=spec["revision"], device=device,
-                                    dtype=spec["dtype"] or settings.dtype, quantization=spec.get("quantization"),
-                                    trust_remote_code=bool(spec.get("trust_remote_code")))
-        results = infer_rows(adapter, loaded, rows, spec["options"], max_batch_size=settings.max_batch_size,
+        adapter = tasks.get(spec.task)
+        options = adapter.validate_options(spec.options)
+        loaded = ctx.model(adapter, spec, device)
+        results = infer_rows(adapter, loaded, rows, options, max_batch_size=settings.max_batch_size,
                              max_batch_tokens=settings.request_tokens(device), max_length=settings.max_length,
-                             lock=lock)
+                             lock=ctx.lock)
         outputs, errors = results.outputs, results.errors
     except Exception as exc:  # noqa: BLE001 - the whole group failed: every request hears why
         outputs, errors = [None] * len(rows), {i: (type(exc).__name__, str(exc)) for i in range(len(rows))}

@@ -18,6 +18,7 @@ from typing import Any
 from hfqueue.errors import HfqError, ModelLoadError
 from hfqueue.tasks.base import LoadedModel, TaskAdapter
 from hfqueue.worker.batching import TokenBudget, plan_batches
+from hfqueue.worker.models import free_device_memory
 
 
 class BatchStopped(HfqError):
@@ -48,16 +49,18 @@ def infer_rows(adapter: TaskAdapter, loaded: LoadedModel, rows: list[Any], optio
     results = RowResults([None] * len(rows))
     features = _prepare(adapter, loaded, rows, options, max_length, results.errors)
     lengths = {i: adapter.length(features[i]) for i in range(len(rows)) if i not in results.errors}
-    pending = list(lengths)
+    pending, ran = list(lengths), set()
     while pending:
-        if should_stop():
-            raise BatchStopped("stopped at a batch boundary")
-        # Planned afresh each time: an out-of-memory error may have shrunk the budget.
-        first = plan_batches([lengths[i] for i in pending], max_batch_size, budget.tokens)[0]
-        batch = [pending[j] for j in first]
-        taken = set(first)
-        pending = [i for j, i in enumerate(pending) if j not in taken]
-        _run(adapter, loaded, batch, features, options, results, budget, lengths, lock or nullcontext())
+        tokens = budget.tokens
+        for planned in plan_batches([lengths[i] for i in pending], max_batch_size, tokens):
+            if should_stop():
+                raise BatchStopped("stopped at a batch boundary")
+            batch = [pending[j] for j in planned]
+            _run(adapter, loaded, batch, features, options, results, budget, lengths, lock or nullcontext())
+            ran.update(batch)
+            if budget.tokens != tokens:
+                break  # an out-of-memory error shrank the budget: plan the rest again under it
+        pending = [i for i in pending if i not in ran]
     if should_stop():  # the end of the last batch is a boundary too: write nothing for a stopped job
         raise BatchStopped("stopped after the last batch")
     return results
@@ -94,7 +97,7 @@ def _run(adapter: TaskAdapter, loaded: LoadedModel, index: list[int], features: 
         raise
     except Exception as exc:  # noqa: BLE001 - find the rows that fail by halving the batch
         if is_out_of_memory(exc):
-            _free_device_memory(loaded.device)
+            free_device_memory(loaded.device)
             budget.shrink(max(lengths[i] for i in index) * len(index))
         if len(index) == 1:
             results.errors[index[0]] = _describe(exc)
@@ -113,13 +116,6 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
     return isinstance(exc, torch.cuda.OutOfMemoryError) or (
         isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
-
-
-def _free_device_memory(device: str) -> None:
-    if device.startswith("cuda"):
-        import torch
-
-        torch.cuda.empty_cache()
 
 
 def _describe(exc: BaseException) -> tuple[str, str]:

@@ -25,11 +25,12 @@ from hfqueue.config import Settings
 from hfqueue.errors import HfqError, ModelLoadError
 from hfqueue.jobs import Chunk, JobSpec, JobState, Source
 from hfqueue.manifest import sync_manifest
-from hfqueue.sinks.local import (ROW_INDEX, error_files, error_part_path, error_table, part_path, part_rows, write_error_part,
-                                 write_part)
+from hfqueue.sinks.local import (ERRORS, ROW_INDEX, error_files, error_part_path, error_table, part_path, part_rows,
+                                 write_error_part, write_part)
 from hfqueue.store import JobStore, redis_client
 from hfqueue.worker.batching import TokenBudget
 from hfqueue.worker.models import ModelCache, resolve_device
+from hfqueue.tasks.base import LoadedModel
 from hfqueue.worker.runner import BatchStopped, RowResults, infer_rows
 from hfqueue.worker.app import CHUNK_TASK
 
@@ -45,6 +46,16 @@ class _Context:
     budgets: OrderedDict[tuple[str, str, str], TokenBudget] = field(default_factory=OrderedDict)
     # Held around model loads and forward passes: chunks and client.infer requests share the models.
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def model(self, adapter: tasks.TaskAdapter, spec: JobSpec, device: str) -> LoadedModel:
+        """The spec's model for ``adapter`` from the cache (loaded on a miss), once the worker allows it."""
+        if spec.trust_remote_code and not self.settings.allow_remote_code:
+            raise ModelLoadError("the job asks for trust_remote_code, which this worker does not allow "
+                                 "(the operator can set HFQ_ALLOW_REMOTE_CODE=true)", value=spec.model)
+        with self.lock:
+            return self.models.get(adapter, str(spec.model), revision=spec.revision, device=device,
+                                   dtype=spec.dtype or self.settings.dtype, quantization=spec.quantization,
+                                   trust_remote_code=spec.trust_remote_code)
 
     def budget(self, job_id: str, model: str, device: str) -> TokenBudget:
         """The job's token budget for this model on this device (the newest 64 jobs' are kept)."""
@@ -75,7 +86,7 @@ def _start_request_server(**_: Any) -> None:
 
     # Nothing slow here: this handler must return within worker_proc_alive_timeout (4 s).
     ctx = _ctx()
-    threading.Thread(target=serve_forever, args=(ctx, ctx.lock), name="hfq-requests", daemon=True).start()
+    threading.Thread(target=serve_forever, args=(ctx,), name="hfq-requests", daemon=True).start()
 
 
 def _ctx() -> _Context:
@@ -138,15 +149,9 @@ def _run(ctx: _Context, job_id: str, spec: JobSpec, source: Source, chunk: Chunk
          inline: list[Any] | None) -> tuple[pa.Table, pa.Table]:
     """The chunk's result table (rows that succeeded) and error table (rows that failed)."""
     settings = ctx.settings
-    if spec.trust_remote_code and not settings.allow_remote_code:
-        raise ModelLoadError("the job asks for trust_remote_code, which this worker does not allow "
-                             "(the operator can set HFQ_ALLOW_REMOTE_CODE=true)", value=spec.model)
     adapter = tasks.get(spec.task)
     device = resolve_device(settings.device)
-    with ctx.lock:
-        loaded = ctx.models.get(adapter, str(spec.model), revision=spec.revision, device=device,
-                                dtype=spec.dtype or settings.dtype, quantization=spec.quantization,
-                                trust_remote_code=spec.trust_remote_code)
+    loaded = ctx.model(adapter, spec, device)
     if loaded.revision:
         ctx.store.set_fields(job_id, model_revision=loaded.revision)
     rows = inline if inline is not None else sources.read_rows(source, chunk.start, chunk.end)
@@ -213,7 +218,7 @@ def _finalize(ctx: _Context, job_id: str) -> None:
     if status.rows_failed == 0:
         final, error = JobState.COMPLETED, ""
     elif status.rows_done > 0:
-        where = Path(ctx.store.get(job_id)["output_dir"]) / "errors"
+        where = Path(ctx.store.get(job_id)["output_dir"]) / ERRORS
         final, error = (JobState.COMPLETED_WITH_ERRORS,
                         f"{status.rows_failed} of {status.rows_total} rows failed; their errors are in {where}")
     else:
