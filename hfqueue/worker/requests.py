@@ -69,12 +69,10 @@ def _gather(r: Any, key: str, rows: int, settings: Any) -> list[dict[str, Any]]:
 
 
 def _groups(requests: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    """Requests that can share a forward pass: same task, model, revision, dtype and options."""
+    """Requests that can share a forward pass: the same spec but for their inputs (model, load options, options)."""
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for req in requests:
-        spec = req["spec"]
-        groups[json.dumps([spec[k] for k in ("task", "model", "revision", "dtype", "options")], sort_keys=True)
-               ].append(req)
+        groups[json.dumps(req["spec"], sort_keys=True)].append(req)
     return groups
 
 

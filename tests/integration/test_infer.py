@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from hfqueue import Client, HfqError, InvalidSpecError, WaitTimeoutError
+from hfqueue import Client, HfqError, InvalidSpecError, JobSpec, WaitTimeoutError
 from hfqueue.jobs import Keys
 
 pytestmark = pytest.mark.timeout(120)
@@ -74,3 +74,25 @@ def test_no_worker_means_a_timeout_and_the_request_is_taken_back(idle_client: Cl
     with pytest.raises(WaitTimeoutError, match="no worker answered within 1"):
         idle_client.infer("text-classification", ["hi"], str(classifier), timeout=1)
     assert idle_client.store.r.llen(Keys.requests(idle_client.settings.queue)) == 0
+
+
+def test_requests_that_differ_in_load_options_are_not_batched_together(client: Client, classifier: Path) -> None:
+    # given two requests for the same model and options, one asking for trust_remote_code (refused by this
+    # worker), pushed in one command so the worker gathers them together
+    import json
+    import secrets
+
+    base = JobSpec(task="text-classification", model=str(classifier), inputs=["x"])
+    requests = []
+    for trust in (True, False):
+        spec = base.model_copy(update={"trust_remote_code": trust})
+        requests.append({"id": secrets.token_hex(8), "inputs": ["good"],
+                         "spec": spec.model_dump(mode="json", exclude={"inputs", "output_dir", "dataset"})})
+    client.store.r.rpush(Keys.requests(client.settings.queue), *(json.dumps(r) for r in requests))
+
+    # when both are answered
+    refused, served = (json.loads(client.store.r.blpop([Keys.reply(r["id"])], timeout=30)[1]) for r in requests)
+
+    # then only the one that asked for remote code is refused
+    assert "trust_remote_code" in refused["errors"]["0"][1]
+    assert served["errors"] == {} and served["outputs"][0]["label"]
