@@ -61,6 +61,15 @@ class Settings(BaseSettings):
         None, gt=0, description="`client.infer` requests: padded-token budget of one forward pass; unset: 256 on "
         "CPU (measured best for gathered one-row requests, see Benchmarks), max_batch_tokens's default on CUDA."
     )
+    small_job_rows: int = Field(
+        64, ge=0, description="Jobs of at most this many inline rows go to the request lane instead of the chunk "
+        "queue: workers run them together with `client.infer` requests and other small jobs for the same model, "
+        "sharing forward passes (0: every job goes through the chunk queue)."
+    )
+    prefetch_batches: bool | None = Field(
+        None, description="Pad the next batch and move it to the device while the model runs the current one; "
+        "unset: on for CUDA, off on CPU (where the forward pass needs every core, see Benchmarks)."
+    )
     coalesce_requests: bool = Field(
         True, description="`client.infer` requests for the same model share forward passes (false: one at a time)."
     )
@@ -124,6 +133,10 @@ class Settings(BaseSettings):
         if self.max_batch_tokens is not None:
             return self.max_batch_tokens
         return 16_384 if device.startswith("cuda") else 4_096
+
+    def prefetch(self, device: str) -> bool:
+        """``prefetch_batches``, or the default for ``device`` when it is unset."""
+        return self.prefetch_batches if self.prefetch_batches is not None else device.startswith("cuda")
 
     def request_tokens(self, device: str) -> int:
         """``request_batch_tokens``, or the default for ``device`` when it is unset.

@@ -91,6 +91,17 @@ class JobSpec(BaseModel):
         return self
 
 
+# Fields that say where a job's rows come from and go to; the rest decide how the model runs.
+JOB_ONLY_FIELDS = frozenset({"inputs", "output_dir", "dataset", "dataset_config", "split", "dataset_revision",
+                             "column", "columns", "chunk_size"})
+
+
+def model_fields(spec: JobSpec) -> dict[str, Any]:
+    """The part of a spec that decides how rows run (task, model, load options, options): rows whose specs
+    agree on it can share a forward pass."""
+    return spec.model_dump(mode="json", exclude=set(JOB_ONLY_FIELDS))
+
+
 class Source(BaseModel):
     """Where a chunk's rows come from, resolved at submit time. Messages carry this, not the rows."""
 
@@ -199,8 +210,23 @@ class Keys:
 
     @staticmethod
     def requests(queue: str) -> str:
-        """List: pending ``client.infer`` requests for the workers of ``queue`` (they pop them)."""
+        """List: the request lane of ``queue``: pending ``client.infer`` requests and small jobs."""
         return f"{KEY_PREFIX}:requests:{queue}"
+
+    @staticmethod
+    def processing(queue: str, consumer: str) -> str:
+        """List: lane entries a serving process has taken and not yet answered (swept back if it dies)."""
+        return f"{KEY_PREFIX}:requests:{queue}:processing:{consumer}"
+
+    @staticmethod
+    def consumers(queue: str) -> str:
+        """Set: serving processes that may hold lane entries (a sweeper removes the dead ones)."""
+        return f"{KEY_PREFIX}:requests:{queue}:consumers"
+
+    @staticmethod
+    def alive(consumer: str) -> str:
+        """String with a short TTL: a serving process's heartbeat."""
+        return f"{KEY_PREFIX}:consumer:{consumer}"
 
     @staticmethod
     def reply(request_id: str) -> str:

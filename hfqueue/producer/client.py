@@ -16,9 +16,9 @@ from pydantic import ValidationError
 from hfqueue.config import Settings, load_settings
 from hfqueue.errors import (BrokerUnavailableError, HfqError, InvalidSpecError, JobCancelledError, JobFailedError,
                             WaitTimeoutError)
-from hfqueue.jobs import JobSpec, JobState, JobStatus, Keys
+from hfqueue.jobs import JobSpec, JobState, JobStatus, Keys, model_fields
 from hfqueue.manifest import sync_manifest
-from hfqueue.producer.planner import messages, plan_job
+from hfqueue.producer.planner import Plan, messages, plan_job
 from hfqueue.sinks.local import MANIFEST, error_files, part_files
 from hfqueue.store import JobStore, redis_client
 from hfqueue.worker.app import CHUNK_TASK, broker_url, make_celery
@@ -61,9 +61,7 @@ class Client:
         })
         try:
             sync_manifest(self.store, job_id)
-            with self._celery.producer_or_acquire() as producer:
-                for message in messages(plan, job_id):
-                    self._celery.send_task(CHUNK_TASK, args=[message], queue=self.settings.queue, producer=producer)
+            self._enqueue(plan, job_id)
         except Exception as exc:
             # Chunks already sent find no job record and are skipped: nothing half-enqueued runs.
             self.store.delete(job_id)
@@ -71,6 +69,19 @@ class Client:
             raise BrokerUnavailableError(f"could not enqueue job {job_id}: {exc}", value=job_id) from exc
         logger.info("submitted job %s: %d rows in %d chunks", job_id, plan.rows_total, len(plan.chunks))
         return Job(self, job_id)
+
+    def _enqueue(self, plan: Plan, job_id: str) -> None:
+        """Send the job's chunks: a small inline job's one chunk to the request lane, where workers batch it
+        with other small work for the same model; every other chunk to Celery."""
+        if plan.spec.inputs is not None and len(plan.chunks) == 1 and plan.rows_total <= self.settings.small_job_rows:
+            message = next(messages(plan, job_id))
+            entry = {"id": f"{job_id}:0", "inputs": message.pop("inputs"), "spec": model_fields(plan.spec),
+                     "job": message}
+            self.store.r.rpush(Keys.requests(self.settings.queue), json.dumps(entry))
+            return
+        with self._celery.producer_or_acquire() as producer:
+            for message in messages(plan, job_id):
+                self._celery.send_task(CHUNK_TASK, args=[message], queue=self.settings.queue, producer=producer)
 
     def infer(self, task: str, inputs: list[Any], model: str | None = None, *, options: dict[str, Any] | None = None,
               timeout: float = 30.0, **fields: Any) -> list[dict[str, Any]]:
@@ -83,8 +94,8 @@ class Client:
         """
         spec = _build_spec(None, {"task": task, "model": model, "inputs": inputs, "options": options or {}, **fields})
         request_id = secrets.token_hex(8)
-        request = json.dumps({"id": request_id, "inputs": spec.inputs,
-                              "spec": spec.model_dump(mode="json", exclude={"inputs", "output_dir", "dataset"})})
+        request = json.dumps({"id": request_id, "inputs": spec.inputs, "spec": model_fields(spec),
+                              "expires_at": time.time() + timeout})
         self.store.r.rpush(Keys.requests(self.settings.queue), request)
         reply = self.store.r.blpop([Keys.reply(request_id)], timeout=max(1, math.ceil(timeout)))
         if reply is None:

@@ -7,8 +7,12 @@ tokens, i.e. rows x the longest row in the batch, which is what a padded forward
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 def plan_batches(lengths: Sequence[int], max_batch_size: int, max_batch_tokens: int) -> list[list[int]]:
@@ -42,6 +46,31 @@ def padding_efficiency(lengths: Sequence[int], batches: Sequence[Sequence[int]])
     real = sum(lengths[i] for b in batches for i in b)
     padded = sum(max(lengths[i] for i in b) * len(b) for b in batches if b)
     return real / padded if padded else 1.0
+
+
+def gather(first: T, take: Callable[[], T | None], rows_of: Callable[[T], int], *, max_rows: int,
+           max_wait_s: float, clock: Callable[[], float] = time.monotonic) -> list[T]:
+    """``first`` plus whatever else is waiting, for one shared forward pass.
+
+    Takes items with ``take()`` (which returns None when nothing is waiting, without blocking) until
+    they hold ``max_rows`` rows, ``max_wait_s`` has passed since the call, or nothing is waiting —
+    whichever comes first. So a lone request never waits for company that is not coming, and a
+    steady stream is cut off by the deadline. The last item taken may carry the total past
+    ``max_rows``; the batch planner splits it.
+
+    >>> waiting = [["b"], ["c", "d"], ["e"]]
+    >>> gather(["a"], lambda: waiting.pop(0) if waiting else None, len, max_rows=3, max_wait_s=1.0)
+    [['a'], ['b'], ['c', 'd']]
+    """
+    deadline = clock() + max_wait_s
+    items, rows = [first], rows_of(first)
+    while rows < max_rows and clock() < deadline:
+        item = take()
+        if item is None:
+            break
+        items.append(item)
+        rows += rows_of(item)
+    return items
 
 
 @dataclass

@@ -1,108 +1,196 @@
-"""Low-latency requests (``client.infer``): small requests for the same model share forward passes.
+"""Serving the request lane: ``client.infer`` requests and small jobs for the same model share forward passes.
 
-Producers push requests onto a Redis list per queue and block on a reply key. In each worker's
-serving process a thread pops a request, then keeps popping while more are waiting — up to
-``max_batch_size`` rows or ``max_wait_ms``, whichever comes first; it never waits for requests that
-are not there — groups them by model and options, runs each group as one set of rows through the
-same batching path as chunks, and pushes each request its own rows' outputs.
+Producers push entries onto the lane (:mod:`hfqueue.worker.lane`): an ``infer`` request waits for a
+reply; a small job (at most ``HFQ_SMALL_JOB_ROWS`` inline rows) is a job like any other, with a record,
+a part and a manifest, whose one chunk travels here instead of through Celery. In each worker's
+serving process a thread takes an entry, then keeps taking while more are waiting — up to
+``max_batch_size`` rows or ``max_wait_ms``, whichever comes first; it never waits for entries that
+are not there (:func:`~hfqueue.worker.batching.gather`) — groups them by everything that decides how
+rows run (task, model, load options, options), runs each group as one set of rows through the same
+batching path as chunks, and answers each entry with its own rows.
 
-Why not Celery for this path: a request must not wait behind a chunk that runs for minutes in the
+Why not Celery for this path: an entry must not wait behind a chunk that runs for minutes in the
 same process, and celery-batches needs a prefetch multiplier at least its batch size, which would
 let chunks pile up behind a busy worker (RELIABILITY.md wants prefetch 1). The thread shares the
 resident models with the chunk task; a lock makes their forward passes take turns batch by batch.
-Delivery is at most once: a request popped by a worker that then dies gets no reply, and the caller's
-``timeout`` says so; calls are cheap to retry.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from hfqueue import tasks
-from hfqueue.jobs import JobSpec, Keys
-from hfqueue.worker.runner import infer_rows
+from hfqueue.errors import ModelLoadError
+from hfqueue.jobs import Chunk, JobSpec, Keys, Source
+from hfqueue.worker import chunks
+from hfqueue.worker.batching import gather
+from hfqueue.worker.context import WorkerContext
+from hfqueue.worker.lane import HEARTBEAT_EVERY, SWEEP_EVERY, Lane
+from hfqueue.worker.models import resolve_device
+from hfqueue.worker.runner import RowResults, infer_rows
 
 logger = logging.getLogger(__name__)
 
 REPLY_TTL = 60  # seconds a reply waits for a caller that gave up
 
 
-def serve_forever(ctx: Any) -> None:
-    """Pop, gather, run and answer requests until the process ends (run in a daemon thread)."""
-    from hfqueue.worker.models import resolve_device
+@dataclass
+class Entry:
+    """One lane entry: its raw JSON (the key to ack it by) and what it says."""
 
-    settings, r = ctx.settings, ctx.store.r
-    device = resolve_device(settings.device)
-    key = Keys.requests(settings.queue)
+    raw: str
+    body: dict[str, Any]
+
+    @property
+    def rows(self) -> int:
+        return len(self.body["inputs"])
+
+
+def start(ctx: WorkerContext) -> Lane:
+    """Start the heartbeat and serving threads of this process's end of the lane (daemon threads)."""
+    lane = Lane(ctx.store.r, ctx.settings.queue)
+    lane.heartbeat()
+    threading.Thread(target=_beat_forever, args=(lane,), name="hfq-heartbeat", daemon=True).start()
+    threading.Thread(target=serve_forever, args=(ctx, lane), name="hfq-requests", daemon=True).start()
+    return lane
+
+
+def _beat_forever(lane: Lane) -> None:
+    # Its own thread: the serving thread may wait minutes for the model lock behind a long batch.
     while True:
         try:
-            first = r.blpop([key], timeout=1)
-            if first is None:
+            lane.heartbeat()
+        except Exception:  # noqa: BLE001 - Redis may be restarting; the next beat retries
+            logger.warning("request lane heartbeat failed", exc_info=True)
+        time.sleep(HEARTBEAT_EVERY)
+
+
+def serve_forever(ctx: WorkerContext, lane: Lane) -> None:
+    """Take, gather, run and answer lane entries until the process ends."""
+    settings = ctx.settings
+    device = resolve_device(settings.device)
+    next_sweep = 0.0
+    while True:
+        try:
+            if time.monotonic() >= next_sweep:
+                lane.sweep()
+                next_sweep = time.monotonic() + SWEEP_EVERY
+            raw = lane.pop(timeout=1)
+            if raw is None:
                 continue
-            requests = [json.loads(first[1])]
+            first = Entry(raw, json.loads(raw))
+            entries = [first]
             if settings.coalesce_requests:
-                requests += _gather(r, key, len(requests[0]["inputs"]), settings)
-            for group in _groups(requests).values():
-                _answer(ctx, device, group)
-        except Exception:  # noqa: BLE001 - the serving thread must outlive any one bad request
-            logger.exception("request server error")
+                entries = gather(first, lambda: _entry(lane.take()), lambda e: e.rows,
+                                 max_rows=settings.max_batch_size, max_wait_s=settings.max_wait_ms / 1000)
+            for group in _groups(entries).values():
+                _serve(ctx, lane, device, group)
+        except Exception:  # noqa: BLE001 - the serving thread must outlive any one bad entry
+            logger.exception("request lane error")
             time.sleep(0.5)
 
 
-def _gather(r: Any, key: str, rows: int, settings: Any) -> list[dict[str, Any]]:
-    """More waiting requests, up to max_batch_size rows or max_wait_ms; stops when the list is empty."""
-    deadline = time.monotonic() + settings.max_wait_ms / 1000
-    more: list[dict[str, Any]] = []
-    while rows < settings.max_batch_size and time.monotonic() < deadline:
-        raw = r.lpop(key)
-        if raw is None:
-            break
-        more.append(json.loads(raw))
-        rows += len(more[-1]["inputs"])
-    return more
+def _entry(raw: str | None) -> Entry | None:
+    return None if raw is None else Entry(raw, json.loads(raw))
 
 
-def _groups(requests: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    """Requests that can share a forward pass: the same spec but for their inputs (model, load options, options)."""
-    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for req in requests:
-        groups[json.dumps(req["spec"], sort_keys=True)].append(req)
+def _groups(entries: list[Entry]) -> dict[str, list[Entry]]:
+    """Entries that can share a forward pass: the same task, model, load options and options."""
+    groups: dict[str, list[Entry]] = defaultdict(list)
+    for entry in entries:
+        groups[json.dumps(entry.body["spec"], sort_keys=True)].append(entry)
     return groups
 
 
-def _answer(ctx: Any, device: str, group: list[dict[str, Any]]) -> None:
-    # Validated by the producer; the options are checked again since the wire is not trusted.
-    spec, settings = JobSpec.model_construct(**group[0]["spec"]), ctx.settings
-    rows = [row for req in group for row in req["inputs"]]
-    started = time.perf_counter()
+def _serve(ctx: WorkerContext, lane: Lane, device: str, group: list[Entry]) -> None:
+    """Run one group's rows together and answer each entry; every entry is acked once answered."""
+    live = [e for e in group if _admit(ctx, lane, e)]
+    if not live:
+        return
+    rows = [row for e in live for row in e.body["inputs"]]
+    spec = JobSpec.model_construct(**live[0].body["spec"])
+    settings, started = ctx.settings, time.perf_counter()
     try:
         adapter = tasks.get(spec.task)
-        options = adapter.validate_options(spec.options)
+        options = adapter.validate_options(spec.options)  # checked again: the wire is not trusted
         loaded = ctx.model(adapter, spec, device)
         results = infer_rows(adapter, loaded, rows, options, max_batch_size=settings.max_batch_size,
                              max_batch_tokens=settings.request_tokens(device), max_length=settings.max_length,
-                             lock=ctx.lock)
-        outputs, errors = results.outputs, results.errors
-    except Exception as exc:  # noqa: BLE001 - the whole group failed: every request hears why
-        outputs, errors = [None] * len(rows), {i: (type(exc).__name__, str(exc)) for i in range(len(rows))}
-    seconds = time.perf_counter() - started
-    start = 0
-    for req in group:
-        n = len(req["inputs"])
-        reply = {"outputs": [_plain(o) for o in outputs[start:start + n]],
-                 "errors": {str(i - start): list(e) for i, e in errors.items() if start <= i < start + n},
-                 "batched_with": len(group), "seconds": round(seconds, 4)}
-        pipe = ctx.store.r.pipeline()
-        pipe.rpush(Keys.reply(req["id"]), json.dumps(reply))
-        pipe.expire(Keys.reply(req["id"]), REPLY_TTL)
-        pipe.execute()
+                             lock=ctx.lock, prefetch=settings.prefetch(device))
+    except Exception as exc:  # noqa: BLE001 - the whole group failed: every entry hears why
+        for entry in live:
+            _fail_entry(ctx, entry, exc)
+            lane.ack(entry.raw)
+        return
+    seconds, start = time.perf_counter() - started, 0
+    for entry in live:
+        n = entry.rows
+        part = RowResults(results.outputs[start:start + n],
+                          {i - start: e for i, e in results.errors.items() if start <= i < start + n})
+        info = {"seconds": round(seconds, 4), "batched_with": len(live), "worker": lane.consumer}
+        if "job" in entry.body:
+            if loaded.revision:
+                ctx.store.set_fields(entry.body["job"]["job_id"], model_revision=loaded.revision)
+            _complete_job(ctx, entry, part, info)
+        else:
+            _reply(ctx, entry, part.outputs, part.errors, info)
+        lane.ack(entry.raw)
         start += n
+
+
+def _admit(ctx: WorkerContext, lane: Lane, entry: Entry) -> bool:
+    """Whether an entry still needs running; one that does not is acked here."""
+    body = entry.body
+    if "job" in body:
+        job = body["job"]
+        attempt, outcome = chunks.begin(ctx, job["job_id"], Chunk(**job["chunk"]), Path(job["output_dir"]),
+                                        lane.consumer)
+        body["attempt"] = attempt
+        run = outcome is None
+    else:  # an infer request whose caller has given up is not worth running
+        run = time.time() < body.get("expires_at", float("inf"))
+    if not run:
+        lane.ack(entry.raw)
+    return run
+
+
+def _complete_job(ctx: WorkerContext, entry: Entry, results: RowResults, info: dict[str, Any]) -> None:
+    job = entry.body["job"]
+    chunks.complete(ctx, job["job_id"], chunks.spec_from_wire(job["spec"]), Source(**job["source"]),
+                    Chunk(**job["chunk"]), entry.body["inputs"], results, Path(job["output_dir"]),
+                    {**info, "attempt": entry.body.get("attempt")})
+
+
+def _fail_entry(ctx: WorkerContext, entry: Entry, exc: Exception) -> None:
+    if "job" not in entry.body:
+        errors = {i: (type(exc).__name__, str(exc)) for i in range(entry.rows)}
+        _reply(ctx, entry, [None] * entry.rows, errors, {})
+        return
+    job = entry.body["job"]
+    if isinstance(exc, ModelLoadError):
+        chunks.fail_job(ctx, job["job_id"], exc)
+    else:
+        chunks.fail(ctx, job["job_id"], Chunk(**job["chunk"]), (type(exc).__name__, str(exc)),
+                    Path(job["output_dir"]))
+
+
+def _reply(ctx: WorkerContext, entry: Entry, outputs: list[Any], errors: dict[int, tuple[str, str]],
+           info: dict[str, Any]) -> None:
+    reply = {"outputs": [_plain(o) for o in outputs], "errors": {str(i): list(e) for i, e in errors.items()}, **info}
+    key = Keys.reply(entry.body["id"])
+    with ctx.store.r.pipeline() as pipe:
+        pipe.rpush(key, json.dumps(reply))
+        pipe.expire(key, REPLY_TTL)
+        pipe.execute()
 
 
 def _plain(value: Any) -> Any:

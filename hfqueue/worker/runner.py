@@ -11,6 +11,7 @@ whole job (the model does not fit the task) are raised, not isolated.
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,10 +37,12 @@ class RowResults:
 def infer_rows(adapter: TaskAdapter, loaded: LoadedModel, rows: list[Any], options: dict[str, Any], *,
                max_batch_size: int, max_batch_tokens: int | TokenBudget, max_length: int,
                should_stop: Callable[[], bool] = lambda: False,
-               lock: AbstractContextManager[Any] | None = None) -> RowResults:
+               lock: AbstractContextManager[Any] | None = None, prefetch: bool = False) -> RowResults:
     """Outputs for ``rows`` in their order, and the error of each row that failed.
 
     ``lock`` is held around each forward pass, so two threads sharing a model take turns batch by batch.
+    With ``prefetch``, a helper thread pads the next batch and moves it to the device while the model
+    runs the current one (it pays where the forward pass does not need the CPU: on a GPU).
 
     ``max_batch_tokens`` may be a :class:`TokenBudget` shared across chunks, which out-of-memory
     errors shrink. Raises :class:`BatchStopped` when ``should_stop()`` turns true at a batch
@@ -52,14 +55,16 @@ def infer_rows(adapter: TaskAdapter, loaded: LoadedModel, rows: list[Any], optio
     pending, ran = list(lengths), set()
     while pending:
         tokens = budget.tokens
-        for planned in plan_batches([lengths[i] for i in pending], max_batch_size, tokens):
-            if should_stop():
-                raise BatchStopped("stopped at a batch boundary")
-            batch = [pending[j] for j in planned]
-            _run(adapter, loaded, batch, features, options, results, budget, lengths, lock or nullcontext())
-            ran.update(batch)
-            if budget.tokens != tokens:
-                break  # an out-of-memory error shrank the budget: plan the rest again under it
+        batches = [[pending[j] for j in b] for b in plan_batches([lengths[i] for i in pending], max_batch_size, tokens)]
+        with _Collated(adapter, loaded, features, batches, prefetch) as collated:
+            for k, batch in enumerate(batches):
+                if should_stop():
+                    raise BatchStopped("stopped at a batch boundary")
+                _run(adapter, loaded, batch, features, options, results, budget, lengths, lock or nullcontext(),
+                     ready=collated.get(k))
+                ran.update(batch)
+                if budget.tokens != tokens:
+                    break  # an out-of-memory error shrank the budget: plan the rest again under it
         pending = [i for i in pending if i not in ran]
     if should_stop():  # the end of the last batch is a boundary too: write nothing for a stopped job
         raise BatchStopped("stopped after the last batch")
@@ -84,11 +89,42 @@ def _prepare(adapter: TaskAdapter, loaded: LoadedModel, rows: list[Any], options
         return features
 
 
+class _Collated:
+    """Collated batches in plan order; with ``prefetch``, batch k+1 is collated on a helper thread while
+    batch k runs. ``get`` returns None when a batch could not be collated ahead (``_run`` then collates it
+    itself and isolates the bad rows)."""
+
+    def __init__(self, adapter: TaskAdapter, loaded: LoadedModel, features: list[Any], batches: list[list[int]],
+                 prefetch: bool) -> None:
+        self._collate = lambda k: adapter.collate(loaded, [features[i] for i in batches[k]])
+        self._count = len(batches)
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="hfq-prefetch") if prefetch and len(batches) > 1 else None
+        self._ahead: dict[int, Future[Any]] = {}
+
+    def get(self, k: int) -> Any:
+        if self._pool is None:
+            return None
+        future = self._ahead.pop(k, None) or self._pool.submit(self._collate, k)
+        if k + 1 < self._count:
+            self._ahead[k + 1] = self._pool.submit(self._collate, k + 1)
+        try:
+            return future.result()
+        except Exception:  # noqa: BLE001 - collated again, row by row if need be, by _run
+            return None
+
+    def __enter__(self) -> "_Collated":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+
 def _run(adapter: TaskAdapter, loaded: LoadedModel, index: list[int], features: list[Any],
          options: dict[str, Any], results: RowResults, budget: TokenBudget, lengths: dict[int, int],
-         lock: AbstractContextManager[Any]) -> None:
+         lock: AbstractContextManager[Any], ready: Any = None) -> None:
     try:
-        batch = adapter.collate(loaded, [features[i] for i in index])
+        batch = ready if ready is not None else adapter.collate(loaded, [features[i] for i in index])
         with lock:
             outputs = adapter.forward(loaded, batch, options)
         if len(outputs) != len(index):

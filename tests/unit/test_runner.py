@@ -128,3 +128,34 @@ def test_a_row_too_big_for_memory_alone_fails_with_the_out_of_memory_error() -> 
                         max_batch_tokens=1000, max_length=64)
     assert list(result.errors) == [1] and result.errors[1][0] == "OutOfMemoryError"
     assert result.outputs[0] == {"out": "SHORT"}
+
+
+def test_prefetching_the_next_batch_changes_nothing_in_the_results() -> None:
+    # given rows of mixed lengths with a bad one among them
+    rows = ["a" * n for n in (3, 30, 1, 12, 7, 25, 2, 9, 18)] + ["bad"]
+
+    # when they run with and without the next batch collated ahead on a helper thread
+    plain, ahead = run(Upper(), rows), run(Upper(), rows, prefetch=True)
+
+    # then outputs and errors are the same
+    assert ahead.outputs == plain.outputs and ahead.errors == plain.errors == {9: ("RuntimeError", "bad row in batch")}
+
+
+class Uncollatable(Upper):
+    """Collating a batch that holds "nocollate" raises."""
+
+    def collate(self, loaded: LoadedModel, features: list[Any]) -> Any:
+        rows = super().collate(loaded, features)
+        if "nocollate" in rows:
+            raise ValueError("cannot collate")
+        return rows
+
+
+def test_a_batch_that_cannot_be_collated_ahead_still_isolates_its_bad_row() -> None:
+    # given a row that breaks collation, when rows run with prefetching
+    rows = ["abc", "nocollate", "de", "fghij", "k", "lmnopq"]
+    result = run(Uncollatable(), rows, prefetch=True)
+
+    # then only that row fails, with the collation error, and the others get their outputs
+    assert result.errors == {1: ("ValueError", "cannot collate")}
+    assert [o and o["out"] for o in result.outputs] == ["ABC", None, "DE", "FGHIJ", "K", "LMNOPQ"]

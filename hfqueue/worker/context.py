@@ -1,0 +1,53 @@
+"""What a model-serving process holds: settings, the job store, resident models, token budgets, one lock.
+
+Chunk tasks (Celery) and the request lane (a thread) share one context per serving process, so a
+model is loaded once and both take turns on it batch by batch.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from hfqueue import tasks
+from hfqueue.config import Settings
+from hfqueue.errors import ModelLoadError
+from hfqueue.jobs import JobSpec
+from hfqueue.store import JobStore
+from hfqueue.tasks.base import LoadedModel
+from hfqueue.worker.batching import TokenBudget
+from hfqueue.worker.models import ModelCache
+
+
+@dataclass
+class WorkerContext:
+    """Per-process state of a worker's serving process."""
+
+    settings: Settings
+    store: JobStore
+    models: ModelCache
+    # (job, model, device) -> token budget, shrunk by out-of-memory errors for the rest of the job.
+    budgets: OrderedDict[tuple[str, str, str], TokenBudget] = field(default_factory=OrderedDict)
+    # Held around model loads and forward passes: chunks and client.infer requests share the models.
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def model(self, adapter: tasks.TaskAdapter, spec: JobSpec, device: str) -> LoadedModel:
+        """The spec's model for ``adapter`` from the cache (loaded on a miss), once the worker allows it."""
+        if spec.trust_remote_code and not self.settings.allow_remote_code:
+            raise ModelLoadError("the job asks for trust_remote_code, which this worker does not allow "
+                                 "(the operator can set HFQ_ALLOW_REMOTE_CODE=true)", value=spec.model)
+        with self.lock:
+            return self.models.get(adapter, str(spec.model), revision=spec.revision, device=device,
+                                   dtype=spec.dtype or self.settings.dtype, quantization=spec.quantization,
+                                   trust_remote_code=spec.trust_remote_code)
+
+    def budget(self, job_id: str, model: str, device: str) -> TokenBudget:
+        """The job's token budget for this model on this device (the newest 64 jobs' are kept)."""
+        key = (job_id, model, device)
+        with self.lock:
+            if key not in self.budgets:
+                self.budgets[key] = TokenBudget(self.settings.batch_tokens(device))
+                while len(self.budgets) > 64:
+                    self.budgets.popitem(last=False)
+            return self.budgets[key]
