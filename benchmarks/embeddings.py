@@ -5,12 +5,17 @@ pooling, normalized), timed after its model is loaded (a worker keeps its model 
 job never pays the load):
 
   a. hfqueue end to end: save the rows as a dataset, submit, wait, read the results (one worker);
+     a2. the same with the next batch collated on a helper thread (off by default on CPU);
   b. ``pipeline("feature-extraction")`` over ``KeyDataset`` with batch_size 32, pooled afterwards;
   c. sentence-transformers ``encode(batch_size=64)``;
   d. a hand-written loop over length-sorted batches of 64 (the fastest plain loop we know to write);
+     d1. the same model one row at a time, in process: (d) / (d1) is the most any batching can gain here;
   e. one-row ``client.infer`` calls from many producer threads, request coalescing on and off
-     (rows/s, p50 and p99 latency).
+     (rows/s, p50 and p99 latency);
+  f. one-row jobs (``client.submit``) from many producer threads, through the request lane (small jobs
+     share forward passes) and through the chunk queue (``HFQ_SMALL_JOB_ROWS=0``).
 
+(a)-(d) run ``--repeats`` times each and keep their best time; (e) and (f) are long runs of their own.
 Prints one table (rows/s and the ratio to the plain loop) and writes it as JSON. Each contender's
 vectors are checked against the plain loop's, so a fast wrong answer cannot win.
 
@@ -28,7 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -55,13 +60,23 @@ def plain_loop(model: Any, tok: Any, rows: list[str], batch_size: int = 64) -> n
     return out
 
 
+def one_row_loop(model: Any, tok: Any, rows: list[str]) -> np.ndarray:
+    """(d1) The same model one row at a time: no padding, no batching."""
+    out = np.zeros((len(rows), model.config.hidden_size), dtype=np.float32)
+    with torch.inference_mode():
+        for i, row in enumerate(rows):
+            enc = tok([row], truncation=True, max_length=512, return_tensors="pt")
+            out[i] = _pool(model(**enc).last_hidden_state, enc["attention_mask"]).numpy()
+    return out
+
+
 def _pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     weights = mask.unsqueeze(-1).to(hidden.dtype)
     pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
     return torch.nn.functional.normalize(pooled, dim=1)
 
 
-def pipeline_keydataset(path: Path, rows: list[str]) -> tuple[np.ndarray, float]:
+def pipeline_keydataset(path: Path, rows: list[str], repeats: int) -> tuple[np.ndarray, float]:
     """(b) The transformers pipeline over a KeyDataset, batch_size 32, each row's token vectors pooled."""
     import datasets
     import transformers
@@ -69,23 +84,25 @@ def pipeline_keydataset(path: Path, rows: list[str]) -> tuple[np.ndarray, float]
 
     pipe = transformers.pipeline("feature-extraction", model=str(path), return_tensors=True)
     data = KeyDataset(datasets.Dataset.from_dict({"text": rows}), "text")
-    started = time.perf_counter()
-    vectors = []
-    lengths = [len(ids) for ids in pipe.tokenizer(rows, truncation=True, max_length=512)["input_ids"]]
-    for out, length in zip(pipe(data, batch_size=32, truncation=True, max_length=512), lengths, strict=True):
-        hidden = (out[0] if out.dim() == 3 else out)[:length]  # a batched row keeps its padding: cut it off
-        vectors.append(_pool(hidden.unsqueeze(0), torch.ones(1, length))[0].numpy())
-    return np.stack(vectors), time.perf_counter() - started
+
+    def run() -> np.ndarray:
+        vectors = []
+        lengths = [len(ids) for ids in pipe.tokenizer(rows, truncation=True, max_length=512)["input_ids"]]
+        for out, length in zip(pipe(data, batch_size=32, truncation=True, max_length=512), lengths, strict=True):
+            hidden = (out[0] if out.dim() == 3 else out)[:length]  # a batched row keeps its padding: cut it off
+            vectors.append(_pool(hidden.unsqueeze(0), torch.ones(1, length))[0].numpy())
+        return np.stack(vectors)
+
+    return best_of(repeats, run)
 
 
-def sentence_transformers_encode(path: Path, rows: list[str]) -> tuple[np.ndarray, float]:
+def sentence_transformers_encode(path: Path, rows: list[str], repeats: int) -> tuple[np.ndarray, float]:
     """(c) sentence-transformers' encode, batch 64, normalized."""
     from sentence_transformers import SentenceTransformer
 
     model = SentenceTransformer(str(path), device="cpu")
-    started = time.perf_counter()
-    vectors = model.encode(rows, batch_size=64, normalize_embeddings=True, convert_to_numpy=True)
-    return vectors, time.perf_counter() - started
+    return best_of(repeats, lambda: model.encode(rows, batch_size=64, normalize_embeddings=True,
+                                                 convert_to_numpy=True))
 
 
 @contextlib.contextmanager
@@ -108,20 +125,34 @@ def running_worker(work: Path, overrides: dict[str, Any]) -> Iterator[Client]:
             worker.wait(60)
 
 
-def hfqueue_end_to_end(path: Path, rows: list[str], work: Path) -> tuple[np.ndarray, float]:
+def best_of(repeats: int, run: Callable[[], np.ndarray]) -> tuple[np.ndarray, float]:
+    """The vectors and the shortest time of ``repeats`` runs: every contender gets the same treatment, and
+    the best run is the least disturbed by whatever else the machine was doing."""
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        vectors = run()
+        times.append(time.perf_counter() - started)
+    return vectors, min(times)
+
+
+def hfqueue_end_to_end(path: Path, rows: list[str], work: Path, repeats: int,
+                       overrides: dict[str, Any] | None = None) -> tuple[np.ndarray, float]:
     """(a) One worker; the clock runs from submit to the results read back."""
     import datasets
 
-    with running_worker(work, {}) as client:
+    with running_worker(work, overrides or {}) as client:
         options = {"normalize": True}
         # Warm-up: the worker loads and keeps the model, as it would for the first job of the day.
         client.submit(task="feature-extraction", model=str(path), inputs=rows[:8], options=options).wait(300)
         folder = work / "rows"
         datasets.Dataset.from_dict({"text": rows}).save_to_disk(folder)
-        started = time.perf_counter()
-        job = client.submit(task="feature-extraction", model=str(path), dataset=str(folder), options=options)
-        vectors = job.result(timeout=1800).with_format("numpy")["embedding"]
-        return np.asarray(vectors, dtype=np.float32), time.perf_counter() - started
+
+        def job() -> np.ndarray:
+            submitted = client.submit(task="feature-extraction", model=str(path), dataset=str(folder), options=options)
+            return np.asarray(submitted.result(timeout=1800).with_format("numpy")["embedding"], dtype=np.float32)
+
+        return best_of(repeats, job)
 
 
 def single_row_requests(path: Path, rows: list[str], work: Path, coalesce: bool, producers: int
@@ -145,11 +176,37 @@ def single_row_requests(path: Path, rows: list[str], work: Path, coalesce: bool,
             "p50_ms": float(np.percentile(latencies, 50)), "p99_ms": float(np.percentile(latencies, 99))}
 
 
+def one_row_jobs(path: Path, rows: list[str], work: Path, lane: bool, producers: int) -> dict[str, Any]:
+    """(f) One job per row from ``producers`` threads, each waiting for its job; rows/s and latency."""
+    import pyarrow.parquet as pq
+
+    with running_worker(work, {"small_job_rows": 64 if lane else 0}) as client:
+        options = {"normalize": True}
+        client.submit(task="feature-extraction", model=str(path), inputs=rows[:2], options=options).wait(300)
+
+        def call(row: str) -> tuple[list[float], float]:
+            started = time.perf_counter()
+            job = client.submit(task="feature-extraction", model=str(path), inputs=[row], options=options)
+            job.wait(300)
+            vector = pq.read_table(job.output_dir / "part-00000.parquet")["embedding"][0].as_py()
+            return vector, time.perf_counter() - started
+
+        started = time.perf_counter()
+        with ThreadPoolExecutor(producers) as pool:
+            answers = list(pool.map(call, rows))
+        seconds = time.perf_counter() - started
+    latencies = np.array([lat for _, lat in answers]) * 1000
+    return {"vectors": np.asarray([v for v, _ in answers], dtype=np.float32), "seconds": seconds,
+            "p50_ms": float(np.percentile(latencies, 50)), "p99_ms": float(np.percentile(latencies, 99))}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=2000)
+    parser.add_argument("--repeats", type=int, default=3, help="runs of (a)-(d); each contender's best counts")
     parser.add_argument("--requests", type=int, default=1000, help="one-row infer calls in (e)")
-    parser.add_argument("--producers", type=int, default=16, help="threads making the calls in (e)")
+    parser.add_argument("--producers", type=int, default=16, help="threads making the calls in (e) and (f)")
+    parser.add_argument("--jobs", type=int, default=300, help="one-row jobs in (f)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/embeddings-cpu.json"))
     args = parser.parse_args()
 
@@ -159,19 +216,30 @@ def main() -> None:
     rows = topic_sentences(args.rows)
     tok = transformers.AutoTokenizer.from_pretrained(path)
     model = transformers.AutoModel.from_pretrained(path).eval()
-    started = time.perf_counter()
-    reference = plain_loop(model, tok, rows)
-    results: dict[str, tuple[np.ndarray, float]] = {"d. plain loop, sorted batches of 64":
-                                                    (reference, time.perf_counter() - started)}
-    results["b. pipeline + KeyDataset, batch 32"] = pipeline_keydataset(path, rows)
-    results["c. sentence-transformers encode, batch 64"] = sentence_transformers_encode(path, rows)
+    n = args.repeats
+    results: dict[str, tuple[np.ndarray, float]] = {
+        "d. plain loop, sorted batches of 64": best_of(n, lambda: plain_loop(model, tok, rows))}
+    reference = results["d. plain loop, sorted batches of 64"][0]
+    results["d1. plain loop, one row at a time"] = best_of(n, lambda: one_row_loop(model, tok, rows[:args.requests]))
+    results["b. pipeline + KeyDataset, batch 32"] = pipeline_keydataset(path, rows, n)
+    results["c. sentence-transformers encode, batch 64"] = sentence_transformers_encode(path, rows, n)
     with tempfile.TemporaryDirectory() as work:
-        results["a. hfqueue end to end, 1 worker"] = hfqueue_end_to_end(path, rows, Path(work))
+        results["a. hfqueue end to end, 1 worker"] = hfqueue_end_to_end(path, rows, Path(work), n)
+    with tempfile.TemporaryDirectory() as work:
+        results["a2. the same, next batch prefetched (HFQ_PREFETCH_BATCHES=true)"] = hfqueue_end_to_end(
+            path, rows, Path(work), n, {"prefetch_batches": True})
     latency: dict[str, dict[str, float]] = {}
     for coalesce in (True, False):
         name = f"e. {args.requests} one-row infer calls, {args.producers} threads, coalescing {'on' if coalesce else 'off'}"
         with tempfile.TemporaryDirectory() as work:
             run = single_row_requests(path, rows[:args.requests], Path(work), coalesce, args.producers)
+        results[name] = (run["vectors"], run["seconds"])
+        latency[name] = {"p50_ms": round(run["p50_ms"], 1), "p99_ms": round(run["p99_ms"], 1)}
+
+    for lane in (True, False):
+        name = f"f. {args.jobs} one-row jobs, {args.producers} threads, {'request lane' if lane else 'chunk queue'}"
+        with tempfile.TemporaryDirectory() as work:
+            run = one_row_jobs(path, rows[:args.jobs], Path(work), lane, args.producers)
         results[name] = (run["vectors"], run["seconds"])
         latency[name] = {"p50_ms": round(run["p50_ms"], 1), "p99_ms": round(run["p99_ms"], 1)}
 
@@ -188,10 +256,22 @@ def main() -> None:
     for row in table:
         print(f"{row['contender']:70} {row['rows_per_s']:8.1f} {row['ratio_to_plain_loop']:7.2f} "
               f"{row['max_abs_diff_to_plain_loop']:11.1e} {row.get('p50_ms', ''):>8} {row.get('p99_ms', ''):>8}")
+    rate = {row["contender"]: row["rows_per_s"] for row in table}
+
+    def ratio(top: str, bottom: str) -> float:
+        pick = lambda part: next(v for k, v in rate.items() if part in k)  # noqa: E731
+        return round(pick(top) / pick(bottom), 2)
+
+    summary = {"a_over_c": ratio("a. ", "c. "), "a_over_d": ratio("a. ", "d. "),
+               "e_on_over_off": ratio("coalescing on", "coalescing off"),
+               "f_lane_over_chunk_queue": ratio("request lane", "chunk queue"),
+               "batching_ceiling_d_over_d1": ratio("d. ", "d1. ")}
+    print("ratios:", ", ".join(f"{k} {v}" for k, v in summary.items()))
     machine = {"cpu_count": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
                "platform": platform.platform(), "transformers": transformers.__version__}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"machine": machine, "model": "all-MiniLM-L6-v2", "results": table}, indent=2))
+    args.out.write_text(json.dumps({"machine": machine, "model": "all-MiniLM-L6-v2", "results": table,
+                                     "ratios": summary}, indent=2))
     print(f"written to {args.out}")
 
 

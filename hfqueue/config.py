@@ -54,11 +54,11 @@ class Settings(BaseSettings):
     )
     max_length: int = Field(512, gt=0, description="Inputs are truncated to this many tokens.")
     max_wait_ms: int = Field(
-        5, ge=0, description="`client.infer` requests: most milliseconds a worker keeps gathering queued "
-        "requests into one batch (it stops at once when none is waiting)."
+        5, ge=0, description="Request lane (`client.infer`, small jobs): most milliseconds a worker keeps "
+        "gathering queued entries into one batch (it stops at once when none is waiting)."
     )
     request_batch_tokens: int | None = Field(
-        None, gt=0, description="`client.infer` requests: padded-token budget of one forward pass; unset: 256 on "
+        None, gt=0, description="Request lane: padded-token budget of one forward pass; unset: 256 on "
         "CPU (measured best for gathered one-row requests, see Benchmarks), max_batch_tokens's default on CUDA."
     )
     small_job_rows: int = Field(
@@ -71,7 +71,8 @@ class Settings(BaseSettings):
         "unset: on for CUDA, off on CPU (where the forward pass needs every core, see Benchmarks)."
     )
     coalesce_requests: bool = Field(
-        True, description="`client.infer` requests for the same model share forward passes (false: one at a time)."
+        True, description="Request lane entries (`client.infer`, small jobs) for the same model share forward "
+        "passes (false: one at a time)."
     )
     model_cache_size: int = Field(
         2, gt=0, description="Models a worker process keeps resident (least recently used leaves first)."

@@ -214,6 +214,11 @@ class Keys:
         return f"{KEY_PREFIX}:requests:{queue}"
 
     @staticmethod
+    def events(job_id: str) -> str:
+        """Pub/sub channel (no storage): a job's state changes and finished chunks, so waiters need not poll."""
+        return f"{KEY_PREFIX}:job:{job_id}:events"
+
+    @staticmethod
     def processing(queue: str, consumer: str) -> str:
         """List: lane entries a serving process has taken and not yet answered (swept back if it dies)."""
         return f"{KEY_PREFIX}:requests:{queue}:processing:{consumer}"

@@ -37,4 +37,6 @@ def sync_manifest(store: JobStore, job_id: str) -> dict[str, Any]:
         rows_per_second=round(status.rows_per_second, 2),
     )
     write_manifest(out_dir, manifest)
+    # State changes end here: waiters woken now find the manifest written.
+    store.announce(job_id, status.state.value)
     return manifest

@@ -156,7 +156,20 @@ class JobStore:
         """Count a finished chunk once; return chunks finished so far, -1 if already counted, -2 if no job."""
         keys = [Keys.job(job_id), Keys.done(job_id), Keys.chunks(job_id)]
         args = [index, rows_ok, rows_failed, json.dumps(info), self.ttl, int(failed)]
-        return int(self._finish(keys=keys, args=args))
+        finished = int(self._finish(keys=keys, args=args))
+        if finished >= 0:
+            self.announce(job_id, f"chunk {index}")
+        return finished
+
+    def announce(self, job_id: str, event: str) -> None:
+        """Wake the job's waiters (see :meth:`events`)."""
+        self.r.publish(Keys.events(job_id), event)
+
+    def events(self, job_id: str) -> Any:
+        """A pub/sub subscription to the job's events (state changes, finished chunks), for waiters to wake on."""
+        pubsub = self.r.pubsub(ignore_subscribe_messages=True)
+        pubsub.subscribe(Keys.events(job_id))
+        return pubsub
 
     def set_fields(self, job_id: str, **fields: Any) -> None:
         """Set plain fields of the job record (e.g. the resolved model revision)."""

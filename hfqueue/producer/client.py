@@ -178,8 +178,11 @@ class Job:
             sync_manifest(self.client.store, self.id)
         return self.status()
 
-    def wait(self, timeout: float | None = None, *, progress: bool = False, poll_interval: float = 0.2) -> JobStatus:
+    def wait(self, timeout: float | None = None, *, progress: bool = False, poll_interval: float = 1.0) -> JobStatus:
         """Block until the job ends; return its final status.
+
+        Wakes on the job's events (Redis pub/sub: state changes, finished chunks) and re-reads the
+        status at least every ``poll_interval`` seconds besides.
 
         Raises :class:`JobFailedError` (failed), :class:`JobCancelledError` (cancelled) or
         :class:`WaitTimeoutError` when ``timeout`` seconds pass first. A job that ends
@@ -187,6 +190,9 @@ class Job:
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         bar = _progress_bar(self.status().rows_total, self.id) if progress else None
+        # Subscribed before the first read, so no event between a read and the next pause is missed; the
+        # poll is the fallback when the subscription breaks (a Redis restart).
+        events = self.client.store.events(self.id)
         try:
             while True:
                 status = self.status()
@@ -199,8 +205,11 @@ class Job:
                     raise WaitTimeoutError(
                         f"job {self.id} still {status.state.value} after {timeout} s "
                         f"({status.rows_done}/{status.rows_total} rows); it keeps running", value=self.id)
-                time.sleep(poll_interval if deadline is None else max(0.0, min(poll_interval, deadline - time.monotonic())))
+                pause = poll_interval if deadline is None else max(0.0, min(poll_interval, deadline - time.monotonic()))
+                events = _pause(events, pause)
         finally:
+            if events is not None:
+                events.close()
             if bar is not None:
                 bar.close()
         if status.state == JobState.CANCELLED:
@@ -251,6 +260,19 @@ def _build_spec(spec: JobSpec | dict[str, Any] | None, fields: dict[str, Any]) -
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'spec'}: {e['msg'].removeprefix('Value error, ')}"
                              for e in exc.errors())
         raise InvalidSpecError(f"invalid job spec: {problems}", value=fields or spec) from None
+
+
+def _pause(events: Any, seconds: float) -> Any:
+    """Wait up to ``seconds``, returning early when the job has news; the subscription, or None once it broke."""
+    if events is not None:
+        try:
+            events.get_message(timeout=seconds)
+            return events
+        except Exception:  # noqa: BLE001 - a broken subscription: poll from now on
+            logger.debug("job events subscription lost; polling", exc_info=True)
+            events.close()
+    time.sleep(seconds)
+    return None
 
 
 def _progress_bar(total: int, job_id: str) -> Any:
