@@ -72,11 +72,13 @@ def open_dataset(source: Source) -> "datasets.Dataset":
 
 def read_rows(source: Source, start: int, end: int) -> list[Any]:
     """Rows ``[start, end)`` in order: the column's values, or ``{field: value}`` dicts for several fields."""
-    part = open_dataset(source).select(range(start, end))
+    # One conversion to Python lists: `ds[column]` is a lazy column whose items cost a table lookup each
+    # (0.14 s per 1,000 rows when a chunk's results are assembled).
+    part = open_dataset(source).select(range(start, end)).select_columns(sorted(set(source.columns.values())))
+    values = part.to_dict()
     if len(source.columns) == 1:
-        return part[next(iter(source.columns.values()))]
-    values = {f: part[column] for f, column in source.columns.items()}
-    return [{f: values[f][i] for f in values} for i in range(len(part))]
+        return values[next(iter(source.columns.values()))]
+    return [{f: values[column][i] for f, column in source.columns.items()} for i in range(len(part))]
 
 
 def _undecoded(ds: "datasets.Dataset", columns: list[str]) -> "datasets.Dataset":
