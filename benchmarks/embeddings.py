@@ -162,15 +162,22 @@ def single_row_requests(path: Path, rows: list[str], work: Path, coalesce: bool,
         options = {"normalize": True}
         client.infer("feature-extraction", rows[:2], str(path), options=options, timeout=300)  # warm-up
 
-        def call(row: str) -> tuple[list[float], float]:
-            started = time.perf_counter()
-            out = client.infer("feature-extraction", [row], str(path), options=options, timeout=300)
-            return out[0]["embedding"], time.perf_counter() - started
+        def call(row: str) -> list[float]:
+            return client.infer("feature-extraction", [row], str(path), options=options, timeout=300)[0]["embedding"]
 
+        return timed_calls(call, rows, producers)
+
+
+def timed_calls(call: Callable[[str], list[float]], rows: list[str], producers: int) -> dict[str, Any]:
+    """``call`` once per row from ``producers`` threads: the vectors, the wall time and p50/p99 latency."""
+    def timed(row: str) -> tuple[list[float], float]:
         started = time.perf_counter()
-        with ThreadPoolExecutor(producers) as pool:
-            answers = list(pool.map(call, rows))
-        seconds = time.perf_counter() - started
+        return call(row), time.perf_counter() - started
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(producers) as pool:
+        answers = list(pool.map(timed, rows))
+    seconds = time.perf_counter() - started
     latencies = np.array([lat for _, lat in answers]) * 1000
     return {"vectors": np.asarray([v for v, _ in answers], dtype=np.float32), "seconds": seconds,
             "p50_ms": float(np.percentile(latencies, 50)), "p99_ms": float(np.percentile(latencies, 99))}
@@ -184,20 +191,12 @@ def one_row_jobs(path: Path, rows: list[str], work: Path, lane: bool, producers:
         options = {"normalize": True}
         client.submit(task="feature-extraction", model=str(path), inputs=rows[:2], options=options).wait(300)
 
-        def call(row: str) -> tuple[list[float], float]:
-            started = time.perf_counter()
+        def call(row: str) -> list[float]:
             job = client.submit(task="feature-extraction", model=str(path), inputs=[row], options=options)
             job.wait(300)
-            vector = pq.read_table(job.output_dir / "part-00000.parquet")["embedding"][0].as_py()
-            return vector, time.perf_counter() - started
+            return pq.read_table(job.output_dir / "part-00000.parquet")["embedding"][0].as_py()
 
-        started = time.perf_counter()
-        with ThreadPoolExecutor(producers) as pool:
-            answers = list(pool.map(call, rows))
-        seconds = time.perf_counter() - started
-    latencies = np.array([lat for _, lat in answers]) * 1000
-    return {"vectors": np.asarray([v for v, _ in answers], dtype=np.float32), "seconds": seconds,
-            "p50_ms": float(np.percentile(latencies, 50)), "p99_ms": float(np.percentile(latencies, 99))}
+        return timed_calls(call, rows, producers)
 
 
 def main() -> None:
