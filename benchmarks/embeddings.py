@@ -228,19 +228,19 @@ def main() -> None:
         results["a2. the same, next batch prefetched (HFQ_PREFETCH_BATCHES=true)"] = hfqueue_end_to_end(
             path, rows, Path(work), n, {"prefetch_batches": True})
     latency: dict[str, dict[str, float]] = {}
-    for coalesce in (True, False):
-        name = f"e. {args.requests} one-row infer calls, {args.producers} threads, coalescing {'on' if coalesce else 'off'}"
-        with tempfile.TemporaryDirectory() as work:
-            run = single_row_requests(path, rows[:args.requests], Path(work), coalesce, args.producers)
-        results[name] = (run["vectors"], run["seconds"])
-        latency[name] = {"p50_ms": round(run["p50_ms"], 1), "p99_ms": round(run["p99_ms"], 1)}
 
-    for lane in (True, False):
-        name = f"f. {args.jobs} one-row jobs, {args.producers} threads, {'request lane' if lane else 'chunk queue'}"
+    def record(name: str, run: Callable[[Path], dict[str, Any]]) -> None:
         with tempfile.TemporaryDirectory() as work:
-            run = one_row_jobs(path, rows[:args.jobs], Path(work), lane, args.producers)
-        results[name] = (run["vectors"], run["seconds"])
-        latency[name] = {"p50_ms": round(run["p50_ms"], 1), "p99_ms": round(run["p99_ms"], 1)}
+            out = run(Path(work))
+        results[name] = (out["vectors"], out["seconds"])
+        latency[name] = {"p50_ms": round(out["p50_ms"], 1), "p99_ms": round(out["p99_ms"], 1)}
+
+    for on in (True, False):
+        record(f"e. {args.requests} one-row infer calls, {args.producers} threads, coalescing {'on' if on else 'off'}",
+               lambda work: single_row_requests(path, rows[:args.requests], work, on, args.producers))
+    for on in (True, False):
+        record(f"f. {args.jobs} one-row jobs, {args.producers} threads, {'request lane' if on else 'chunk queue'}",
+               lambda work: one_row_jobs(path, rows[:args.jobs], work, on, args.producers))
 
     base = len(rows) / results["d. plain loop, sorted batches of 64"][1]
     table = []

@@ -165,7 +165,7 @@ class JobStore:
         """Wake the job's waiters (see :meth:`events`)."""
         self.r.publish(Keys.events(job_id), event)
 
-    def events(self, job_id: str) -> Any:
+    def events(self, job_id: str) -> redis.client.PubSub:
         """A pub/sub subscription to the job's events (state changes, finished chunks), for waiters to wake on."""
         pubsub = self.r.pubsub(ignore_subscribe_messages=True)
         pubsub.subscribe(Keys.events(job_id))

@@ -10,6 +10,9 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+from collections.abc import Callable
+from typing import Any
+
 from hfqueue import tasks
 from hfqueue.config import Settings
 from hfqueue.errors import ModelLoadError
@@ -18,6 +21,7 @@ from hfqueue.store import JobStore
 from hfqueue.tasks.base import LoadedModel
 from hfqueue.worker.batching import TokenBudget
 from hfqueue.worker.models import ModelCache
+from hfqueue.worker.runner import RowResults, infer_rows
 
 
 @dataclass
@@ -42,12 +46,24 @@ class WorkerContext:
                                    dtype=spec.dtype or self.settings.dtype, quantization=spec.quantization,
                                    trust_remote_code=spec.trust_remote_code)
 
+    def run(self, spec: JobSpec, rows: list[Any], device: str, *, max_batch_tokens: int | TokenBudget,
+            should_stop: Callable[[], bool] = lambda: False) -> tuple[LoadedModel, RowResults]:
+        """Run ``rows`` through the spec's resident model in batches, taking turns with the other thread."""
+        adapter = tasks.get(spec.task)
+        loaded = self.model(adapter, spec, device)
+        results = infer_rows(adapter, loaded, rows, spec.options, max_batch_size=self.settings.max_batch_size,
+                             max_batch_tokens=max_batch_tokens, max_length=self.settings.max_length,
+                             should_stop=should_stop, lock=self.lock, prefetch=self.settings.prefetch(device))
+        return loaded, results
+
     def budget(self, job_id: str, model: str, device: str) -> TokenBudget:
-        """The job's token budget for this model on this device (the newest 64 jobs' are kept)."""
+        """The job's token budget for this model on this device (the newest 64 jobs' are kept).
+
+        Only chunk tasks use budgets (the request lane has its own fixed budget), so one thread touches them.
+        """
         key = (job_id, model, device)
-        with self.lock:
-            if key not in self.budgets:
-                self.budgets[key] = TokenBudget(self.settings.batch_tokens(device))
-                while len(self.budgets) > 64:
-                    self.budgets.popitem(last=False)
-            return self.budgets[key]
+        if key not in self.budgets:
+            self.budgets[key] = TokenBudget(self.settings.batch_tokens(device))
+            while len(self.budgets) > 64:
+                self.budgets.popitem(last=False)
+        return self.budgets[key]

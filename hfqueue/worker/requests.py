@@ -28,15 +28,14 @@ from typing import Any
 
 import numpy as np
 
-from hfqueue import tasks
 from hfqueue.errors import ModelLoadError
-from hfqueue.jobs import Chunk, JobSpec, Keys, Source
+from hfqueue.jobs import Chunk, Keys, Source
 from hfqueue.worker import chunks
 from hfqueue.worker.batching import gather
 from hfqueue.worker.context import WorkerContext
 from hfqueue.worker.lane import HEARTBEAT_EVERY, SWEEP_EVERY, Lane
 from hfqueue.worker.models import resolve_device
-from hfqueue.worker.runner import RowResults, infer_rows
+from hfqueue.worker.runner import RowResults
 
 logger = logging.getLogger(__name__)
 
@@ -117,15 +116,10 @@ def _serve(ctx: WorkerContext, lane: Lane, device: str, group: list[Entry]) -> N
     if not live:
         return
     rows = [row for e in live for row in e.body["inputs"]]
-    spec = JobSpec.model_construct(**live[0].body["spec"])
-    settings, started = ctx.settings, time.perf_counter()
+    started = time.perf_counter()
     try:
-        adapter = tasks.get(spec.task)
-        options = adapter.validate_options(spec.options)  # checked again: the wire is not trusted
-        loaded = ctx.model(adapter, spec, device)
-        results = infer_rows(adapter, loaded, rows, options, max_batch_size=settings.max_batch_size,
-                             max_batch_tokens=settings.request_tokens(device), max_length=settings.max_length,
-                             lock=ctx.lock, prefetch=settings.prefetch(device))
+        spec = chunks.spec_from_wire(live[0].body["spec"])
+        loaded, results = ctx.run(spec, rows, device, max_batch_tokens=ctx.settings.request_tokens(device))
     except Exception as exc:  # noqa: BLE001 - the whole group failed: every entry hears why
         for entry in live:
             _fail_entry(ctx, entry, exc)

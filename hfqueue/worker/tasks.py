@@ -15,7 +15,7 @@ from typing import Any
 from celery import Celery, Task
 from celery.signals import worker_process_init
 
-from hfqueue import sources, tasks
+from hfqueue import sources
 from hfqueue.config import Settings
 from hfqueue.errors import HfqError, ModelLoadError
 from hfqueue.jobs import Chunk, JobState, Source
@@ -24,7 +24,7 @@ from hfqueue.worker import chunks
 from hfqueue.worker.app import CHUNK_TASK
 from hfqueue.worker.context import WorkerContext
 from hfqueue.worker.models import ModelCache, resolve_device
-from hfqueue.worker.runner import BatchStopped, infer_rows
+from hfqueue.worker.runner import BatchStopped
 
 logger = logging.getLogger(__name__)
 
@@ -75,17 +75,11 @@ def run_chunk(self: Task, message: dict[str, Any]) -> dict[str, Any]:
             rows = sources.read_rows(source, chunk.start, chunk.end)
         if len(rows) != chunk.rows:
             raise HfqError(f"chunk {chunk.index} expected {chunk.rows} rows, read {len(rows)}")
-        settings, adapter = ctx.settings, tasks.get(spec.task)
-        device = resolve_device(settings.device)
-        loaded = ctx.model(adapter, spec, device)
+        device = resolve_device(ctx.settings.device)
+        loaded, results = ctx.run(spec, rows, device, max_batch_tokens=ctx.budget(job_id, str(spec.model), device),
+                                  should_stop=lambda: ctx.store.state(job_id) != JobState.RUNNING)
         if loaded.revision:
             ctx.store.set_fields(job_id, model_revision=loaded.revision)
-        results = infer_rows(
-            adapter, loaded, rows, spec.options, max_batch_size=settings.max_batch_size,
-            max_batch_tokens=ctx.budget(job_id, str(spec.model), device), max_length=settings.max_length,
-            should_stop=lambda: ctx.store.state(job_id) != JobState.RUNNING, lock=ctx.lock,
-            prefetch=settings.prefetch(device),
-        )
     except BatchStopped:
         logger.info("job %s chunk %d stopped: job is %s", job_id, chunk.index, ctx.store.state(job_id))
         return {"stopped": chunk.index}

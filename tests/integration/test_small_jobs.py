@@ -37,6 +37,15 @@ def staged_entry(settings: Settings, **submit: object) -> tuple[str, str]:
     return job.id, raw
 
 
+def wait_until_drained(client: Client, timeout: float = 30) -> None:
+    """Until the lane is empty and no consumer holds an entry: every entry has been answered and acked."""
+    queue, r = client.settings.queue, client.store.r
+    deadline = time.monotonic() + timeout
+    while r.llen(Keys.requests(queue)) or any(r.llen(k) for k in r.scan_iter(Keys.processing(queue, "*"))):
+        assert time.monotonic() < deadline, "the lane was not drained in time"
+        time.sleep(0.05)
+
+
 def test_small_jobs_and_infer_requests_share_one_forward_pass(settings: Settings, worker_factory: Callable,
                                                               encoder: Path, texts: list[str]) -> None:
     # given six one-row jobs and one infer call for the same model, queued before any worker serves the queue
@@ -94,9 +103,7 @@ def test_an_entry_delivered_twice_gives_each_row_once(client: Client, encoder: P
     # when the worker has served both copies
     job = client.job(job_id)
     status = job.wait(timeout=60)
-    deadline = time.monotonic() + 30
-    while client.store.r.llen(Keys.requests(client.settings.queue)) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until_drained(client)
 
     # then each row is in the results once and the job counted its one chunk once
     assert sorted(job.result()["row_idx"]) == [0, 1, 2, 3]
@@ -111,10 +118,7 @@ def test_a_cancelled_small_job_is_not_run(client: Client, encoder: Path, texts: 
 
     # when the worker takes its entry
     client.store.r.rpush(Keys.requests(client.settings.queue), raw)
-    deadline = time.monotonic() + 30
-    while client.store.r.llen(Keys.requests(client.settings.queue)) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.5)
+    wait_until_drained(client)
 
     # then nothing ran: no part, no rows, still cancelled
     assert job.status().state == JobState.CANCELLED and job.status().rows_done == 0
