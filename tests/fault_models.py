@@ -1,0 +1,68 @@
+"""A tiny encoder that misbehaves on purpose, for the fault tests: it is slow, and some rows break it.
+
+It is the tiny BERT of :mod:`tests.tiny_models` loaded through ``trust_remote_code`` (the model folder
+ships ``fault_bert.py``), so workers load and run it through the same code path as any Hub model with
+custom code. Its forward pass
+
+* sleeps ``fault_delay_s`` seconds per batch, so a chunk is still running when a test kills something;
+* raises ``ValueError`` for a batch holding a row with ``[UNK]`` in its text (a *poison row*: the
+  worker must isolate it and put it in the error file);
+* SIGKILLs its own process for a batch holding a row with ``[MASK]`` (a row that *crashes the process
+  every time*: the worker must give up on its chunk after ``HFQ_MAX_ATTEMPTS``).
+
+Both markers are special tokens of the tiny tokenizer, so they arrive as single ids and no ordinary
+sentence produces them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.tiny_models import build_encoder
+
+POISON = "[UNK]"
+CRASH = "[MASK]"
+
+_CODE = '''
+import os
+import signal
+import time
+
+from transformers import BertConfig, BertModel
+
+
+class FaultConfig(BertConfig):
+    model_type = "fault-bert"
+
+    def __init__(self, fault_delay_s=0.0, fault_poison_id=-1, fault_crash_id=-1, **kwargs):
+        super().__init__(**kwargs)
+        self.fault_delay_s = fault_delay_s
+        self.fault_poison_id = fault_poison_id
+        self.fault_crash_id = fault_crash_id
+
+
+class FaultModel(BertModel):
+    config_class = FaultConfig
+
+    def forward(self, input_ids=None, **kwargs):
+        if input_ids is not None and bool((input_ids == self.config.fault_crash_id).any()):
+            os.kill(os.getpid(), signal.SIGKILL)
+        if input_ids is not None and bool((input_ids == self.config.fault_poison_id).any()):
+            raise ValueError("poison row: this model refuses [UNK]")
+        time.sleep(self.config.fault_delay_s)
+        return super().forward(input_ids=input_ids, **kwargs)
+'''
+
+
+def build_fault_encoder(path: Path, delay_s: float = 0.0) -> Path:
+    """Save the misbehaving encoder into ``path``; it needs a worker with ``HFQ_ALLOW_REMOTE_CODE=true``."""
+    build_encoder(path)
+    vocab = json.loads((path / "tokenizer.json").read_text())["model"]["vocab"]
+    config = json.loads((path / "config.json").read_text())
+    config.update(model_type="fault-bert", architectures=["FaultModel"],
+                  auto_map={"AutoConfig": "fault_bert.FaultConfig", "AutoModel": "fault_bert.FaultModel"},
+                  fault_delay_s=delay_s, fault_poison_id=vocab[POISON], fault_crash_id=vocab[CRASH])
+    (path / "config.json").write_text(json.dumps(config, indent=2))
+    (path / "fault_bert.py").write_text(_CODE)
+    return path
