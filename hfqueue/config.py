@@ -174,7 +174,8 @@ def celery_config(settings: Settings, broker_url: str) -> dict[str, Any]:
     Each value is a decision, not a default: late acks so a crash mid-chunk re-delivers the chunk,
     prefetch 1 so no chunk waits behind a busy process, a visibility timeout above the hard time limit
     so a running chunk is not handed out twice, socket timeouts and keepalives so a worker does not
-    hang on a dead connection after Redis restarts, JSON only.
+    hang on a dead connection after Redis restarts, running chunks kept running through a broker
+    outage, JSON only.
     """
     transport = {
         "visibility_timeout": settings.visibility_timeout,
@@ -203,7 +204,11 @@ def celery_config(settings: Settings, broker_url: str) -> dict[str, Any]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
-        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        # Keep a running chunk running through a broker outage: on Redis, cancelling it (Celery's future
+        # default) acked its message over the new connection, so the chunk never ran again (measured in
+        # tests/faults/test_redis_faults.py). Kept running, it writes its part and counts itself once Redis is
+        # back; a copy delivered again later finds the part and is skipped.
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
         "task_time_limit": settings.chunk_time_limit,
         "task_soft_time_limit": settings.chunk_soft_time_limit,
         "task_serializer": "json",

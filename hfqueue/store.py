@@ -72,17 +72,30 @@ class JobStore:
         self._transition = client.register_script(_TRANSITION)
         self._finish = client.register_script(_FINISH_CHUNK)
 
-    def create(self, job_id: str, fields: dict[str, Any]) -> None:
-        """Write a new job record (state queued) and index it; prune index entries of expired jobs."""
+    def create(self, job_id: str, fields: dict[str, Any], *, only_if_absent: bool = False) -> bool:
+        """Write a new job record (state queued) and index it; prune index entries of expired jobs.
+
+        ``only_if_absent``: write nothing and return False when the record exists (two resumes at once).
+        """
         now = time.time()
         record = {"state": JobState.QUEUED.value, "created_at": now, "rows_done": 0, "rows_failed": 0,
                   "chunks_done": 0, "chunks_failed": 0, **fields}
         with self.r.pipeline() as p:
+            if only_if_absent:
+                p.watch(Keys.job(job_id))
+                if p.exists(Keys.job(job_id)):
+                    return False
+                p.multi()
+            p.delete(Keys.chunks(job_id), Keys.done(job_id))  # leftovers of an earlier life of this id
             p.hset(Keys.job(job_id), mapping={k: _enc(v) for k, v in record.items()})
             p.expire(Keys.job(job_id), self.ttl)
-            p.zadd(Keys.jobs, {job_id: now})
+            p.zadd(Keys.jobs, {job_id: record["created_at"]})
             p.zremrangebyscore(Keys.jobs, "-inf", now - self.ttl)
-            p.execute()
+            try:
+                p.execute()
+            except redis.WatchError:
+                return False
+        return True
 
     def delete(self, job_id: str) -> None:
         """Remove every key of a job (used when a submit could not enqueue all its chunks)."""

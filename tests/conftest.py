@@ -107,16 +107,19 @@ class WorkerProcess:
 
 @pytest.fixture(scope="session")
 def worker_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., WorkerProcess]]:
-    """Start ``hfq worker`` processes for given settings; each is ready (answers a ping) when returned."""
+    """Start ``hfq worker`` processes for given settings; each is ready (answers a ping) when returned,
+    unless started with ``ready=False``."""
     started: list[WorkerProcess] = []
 
-    def start(settings: Settings, timeout: float = 60) -> WorkerProcess:
+    def start(settings: Settings, timeout: float = 60, *, ready: bool = True) -> WorkerProcess:
         log = tmp_path_factory.mktemp("worker") / "worker.log"
         with log.open("wb") as out:
             proc = subprocess.Popen([sys.executable, "-m", "hfqueue", "worker", "--name", f"w{len(started)}@test"],
                                     env=settings_env(settings), stdout=out, stderr=subprocess.STDOUT)
         worker = WorkerProcess(proc, log)
         started.append(worker)
+        if not ready:  # the caller checks readiness itself (e.g. the worker waits for a Redis not started yet)
+            return worker
         with Client(settings) as client:
             deadline = time.monotonic() + timeout
             while f"w{len(started) - 1}@test" not in client.workers(timeout=0.5):

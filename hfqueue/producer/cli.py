@@ -1,4 +1,4 @@
-"""The ``hfq`` command: submit, follow and cancel jobs, run workers, stop the embedded Redis.
+"""The ``hfq`` command: submit, follow, cancel and resume jobs, run workers, stop the embedded Redis.
 
 Exit codes: 0 done, 1 the job failed or was cancelled, 2 bad input or settings, 3 the job finished
 with some rows failed, 124 a wait timed out.
@@ -75,6 +75,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("job_id")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cancel)
+
+    p = sub.add_parser("resume", help="send again the chunks of a job that have no part (rebuilds a job Redis lost "
+                       "from its output folder)")
+    p.add_argument("job_id")
+    p.add_argument("--output-dir", help="the job's output folder, when Redis lost the job and it is not "
+                   "HFQ_OUTPUT_ROOT/JOB_ID (default: searched under HFQ_OUTPUT_ROOT)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_resume)
 
     p = sub.add_parser("jobs", help="list recent jobs, newest first")
     p.add_argument("--limit", type=int, default=20)
@@ -205,6 +213,24 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
 def _cancel(args: argparse.Namespace, settings: Settings) -> int:
     status = _client(settings).job(args.job_id).cancel()
     print(json.dumps(status.summary(), indent=2) if args.json else _describe(status))
+    return 0
+
+
+def _resume(args: argparse.Namespace, settings: Settings) -> int:
+    from dataclasses import asdict
+
+    from hfqueue.producer.recovery import resume
+
+    client = _client(settings)
+    report = resume(client, args.job_id, args.output_dir)
+    status = client.job(report.job_id).status()
+    if args.json:
+        print(json.dumps({**asdict(report), "state": report.state.value, "status": status.summary()}, indent=2))
+        return 0
+    how = "rebuilt from its output folder, " if report.rebuilt else ""
+    print(f"resumed job {report.job_id}: {how}{report.chunks_on_disk} of {report.chunks_total} chunks already on "
+          f"disk, {report.chunks_enqueued} sent again")
+    print(_describe(status))
     return 0
 
 

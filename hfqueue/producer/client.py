@@ -19,7 +19,7 @@ from hfqueue.errors import (BrokerUnavailableError, HfqError, InvalidSpecError, 
 from hfqueue.jobs import JobSpec, JobState, JobStatus, Keys, model_fields
 from hfqueue.manifest import sync_manifest
 from hfqueue.producer.planner import Plan, messages, plan_job
-from hfqueue.sinks.local import MANIFEST, error_files, part_files
+from hfqueue.sinks.local import INPUTS, MANIFEST, error_files, part_files, write_inputs
 from hfqueue.store import JobStore, redis_client
 from hfqueue.worker.app import CHUNK_TASK, broker_url, make_celery
 
@@ -60,27 +60,43 @@ class Client:
             "output_dir": str(plan.output_dir),
         })
         try:
+            if spec.inputs is not None:
+                write_inputs(plan.output_dir, spec.inputs)  # so `resume` can rebuild the job without Redis
             sync_manifest(self.store, job_id)
             self._enqueue(plan, job_id)
         except Exception as exc:
             # Chunks already sent find no job record and are skipped: nothing half-enqueued runs.
             self.store.delete(job_id)
-            (plan.output_dir / MANIFEST).unlink(missing_ok=True)
+            for name in (MANIFEST, INPUTS):
+                (plan.output_dir / name).unlink(missing_ok=True)
             raise BrokerUnavailableError(f"could not enqueue job {job_id}: {exc}", value=job_id) from exc
         logger.info("submitted job %s: %d rows in %d chunks", job_id, plan.rows_total, len(plan.chunks))
         return Job(self, job_id)
 
-    def _enqueue(self, plan: Plan, job_id: str) -> None:
-        """Send the job's chunks: a small inline job's one chunk to the request lane, where workers batch it
-        with other small work for the same model; every other chunk to Celery."""
+    def resume(self, job_id: str, output_dir: str | None = None) -> "Job":
+        """Send again every chunk of a job that has no part in its output folder; return the :class:`Job`.
+
+        When Redis lost the job (restarted without persistence, flushed, replaced), its record is
+        rebuilt from the folder: ``output_dir`` names it, else it is found under the output root.
+        Safe on a healthy job; a ``failed`` or ``cancelled`` job runs on from where it stopped.
+        """
+        from hfqueue.producer.recovery import resume
+
+        return Job(self, resume(self, job_id, output_dir).job_id)
+
+    def _enqueue(self, plan: Plan, job_id: str, only: set[int] | None = None) -> None:
+        """Send the job's chunks (those in ``only``, when given): a small inline job's one chunk to the request
+        lane, where workers batch it with other small work for the same model; every other chunk to Celery."""
         if plan.spec.inputs is not None and len(plan.chunks) == 1 and plan.rows_total <= self.settings.small_job_rows:
-            message = next(messages(plan, job_id))
+            message = next(messages(plan, job_id, only), None)
+            if message is None:
+                return
             entry = {"id": f"{job_id}:0", "inputs": message.pop("inputs"), "spec": model_fields(plan.spec),
                      "job": message}
             self.store.r.rpush(Keys.requests(self.settings.queue), json.dumps(entry))
             return
         with self._celery.producer_or_acquire() as producer:
-            for message in messages(plan, job_id):
+            for message in messages(plan, job_id, only):
                 self._celery.send_task(CHUNK_TASK, args=[message], queue=self.settings.queue, producer=producer)
 
     def infer(self, task: str, inputs: list[Any], model: str | None = None, *, options: dict[str, Any] | None = None,

@@ -54,10 +54,13 @@ def plan_job(spec: JobSpec, settings: Settings, job_id: str) -> Plan:
     return Plan(spec, source, rows, chunks, output_dir)
 
 
-def messages(plan: Plan, job_id: str) -> Iterator[dict[str, Any]]:
-    """The chunk task messages: references to the rows, or the rows themselves for inline inputs."""
+def messages(plan: Plan, job_id: str, only: set[int] | None = None) -> Iterator[dict[str, Any]]:
+    """The chunk task messages (of the chunks in ``only``, when given): references to the rows, or the
+    rows themselves for inline inputs."""
     spec = plan.spec.model_dump(mode="json", exclude={"inputs"})
     for chunk in plan.chunks:
+        if only is not None and chunk.index not in only:
+            continue
         inline = plan.spec.inputs[chunk.start:chunk.end] if plan.spec.inputs is not None else None
         yield {"job_id": job_id, "chunk": chunk.model_dump(), "spec": spec, "source": plan.source.model_dump(),
                "output_dir": str(plan.output_dir), "inputs": inline}

@@ -1,5 +1,8 @@
 """A job's output folder: one Parquet part per chunk plus ``manifest.json``, the durable record.
 
+A job with inline inputs also keeps them here (``inputs.jsonl``), so the folder alone is enough to
+rebuild the job when Redis loses it (``hfq resume``).
+
 Rows that failed are not in the parts: each chunk with failed rows also writes
 ``errors/part-NNNNN.parquet`` with their ``row_idx``, ``error_type`` and ``error``. A chunk writes its error part
 before its result part, so a result part on disk means the chunk is complete.
@@ -23,6 +26,7 @@ from hfqueue.errors import InvalidSpecError
 
 ROW_INDEX = "row_idx"
 MANIFEST = "manifest.json"
+INPUTS = "inputs.jsonl"
 ERRORS = "errors"
 
 
@@ -93,6 +97,21 @@ def part_rows(path: Path) -> int:
     return pq.ParquetFile(path).metadata.num_rows
 
 
+def chunk_on_disk(out_dir: Path, index: int, rows: int) -> tuple[int, int] | None:
+    """``(rows_ok, rows_failed)`` of chunk ``index`` (``rows`` rows) when it is finished on disk, else None.
+
+    Finished means its result part exists (the error part, if any, was written before it), or, for a
+    chunk that failed whole, an error part holding all its rows.
+    """
+    part, errors = part_path(out_dir, index), error_part_path(out_dir, index)
+    failed = part_rows(errors) if errors.exists() else 0
+    if part.exists():
+        return part_rows(part), failed
+    if failed == rows:
+        return 0, failed
+    return None
+
+
 def part_files(out_dir: Path) -> list[Path]:
     """The finished parts of a job, in chunk order."""
     return sorted(out_dir.glob("part-*.parquet"))
@@ -110,6 +129,23 @@ def write_manifest(out_dir: Path, manifest: dict[str, Any]) -> None:
     with os.fdopen(fd, "w") as fh:
         json.dump(manifest, fh, indent=2, sort_keys=True)
     os.replace(tmp, out_dir / MANIFEST)
+
+
+def write_inputs(out_dir: Path, rows: list[Any]) -> Path:
+    """Keep a job's inline rows in its folder, one JSON value per line, written atomically."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".inputs.", suffix=".tmp")
+    with os.fdopen(fd, "w") as fh:
+        for row in rows:
+            fh.write(json.dumps(row) + "\n")
+    os.replace(tmp, out_dir / INPUTS)
+    return out_dir / INPUTS
+
+
+def read_inputs(out_dir: Path) -> list[Any]:
+    """The inline rows kept by :func:`write_inputs`."""
+    with (out_dir / INPUTS).open() as fh:
+        return [json.loads(line) for line in fh]
 
 
 def read_manifest(out_dir: Path) -> dict[str, Any]:

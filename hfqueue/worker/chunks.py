@@ -14,14 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from hfqueue import tasks
 from hfqueue.errors import ModelLoadError
 from hfqueue.jobs import Chunk, JobSpec, JobState, Source
-from hfqueue.manifest import sync_manifest
-from hfqueue.sinks.local import (ERRORS, ROW_INDEX, error_files, error_part_path, error_table, part_path, part_rows,
-                                 write_error_part, write_part)
+from hfqueue.manifest import finalize, sync_manifest
+from hfqueue.sinks.local import ROW_INDEX, chunk_on_disk, error_table, part_path, write_error_part, write_part
 from hfqueue.worker.context import WorkerContext
 from hfqueue.worker.runner import RowResults
 
@@ -39,18 +37,18 @@ def begin(ctx: WorkerContext, job_id: str, chunk: Chunk, out_dir: Path, worker: 
           ) -> tuple[int, None] | tuple[None, dict[str, Any]]:
     """Decide whether a delivered chunk runs: ``(attempt, None)`` to run it, ``(None, outcome)`` when it must not.
 
-    It must not when the job is over or gone, when an earlier delivery already wrote its part (only
+    It must not when the job is over or gone, when an earlier delivery already finished it on disk (only
     the counting may be missing), or when it has been started ``max_attempts`` times already.
     """
     state = ctx.store.state(job_id)
     if state is None or state.is_final:
         logger.info("job %s chunk %d skipped: job is %s", job_id, chunk.index, state or "gone from Redis")
         return None, {"skipped": str(state.value if state else "gone")}
-    part = part_path(out_dir, chunk.index)
-    if part.exists():
-        errors = error_part_path(out_dir, chunk.index)
-        return None, finish(ctx, job_id, chunk, rows_ok=part_rows(part), info={"state": "done", "redelivered": True},
-                            rows_failed=part_rows(errors) if errors.exists() else 0)
+    on_disk = chunk_on_disk(out_dir, chunk.index, chunk.rows)
+    if on_disk is not None:
+        return None, finish(ctx, job_id, chunk, rows_ok=on_disk[0], rows_failed=on_disk[1],
+                            info={"state": "done", "redelivered": True},
+                            failed=not part_path(out_dir, chunk.index).exists())
     attempt = ctx.store.chunk_started(job_id, chunk.index, worker)
     ctx.store.transition(job_id, JobState.RUNNING, allowed_from=(JobState.QUEUED.value,), time_field="started_at")
     if attempt > ctx.settings.max_attempts:
@@ -122,38 +120,10 @@ def finish(ctx: WorkerContext, job_id: str, chunk: Chunk, *, rows_ok: int, info:
     """Count the chunk once; the last chunk of the job finalizes it."""
     finished = ctx.store.chunk_finished(job_id, chunk.index, rows_ok=rows_ok, rows_failed=rows_failed,
                                         info=info, failed=failed)
-    if finished >= 0 and finished == int(ctx.store.get(job_id)["chunks_total"]):
-        _finalize(ctx, job_id)
+    if finished >= 0:
+        record = ctx.store.get(job_id)
+        if finished == int(record["chunks_total"]):
+            finalize(ctx.store, job_id)
+        if record["state"] == JobState.CANCELLED.value:
+            sync_manifest(ctx.store, job_id)  # a chunk that outran the cancel: the manifest counts its rows too
     return {"chunk": chunk.index, "rows": rows_ok, "rows_failed": rows_failed, **info}
-
-
-def _finalize(ctx: WorkerContext, job_id: str) -> None:
-    """The last chunk to finish decides the job's final state and writes the manifest."""
-    status = ctx.store.status(job_id)
-    if status.rows_failed == 0:
-        final, error = JobState.COMPLETED, ""
-    elif status.rows_done > 0:
-        where = Path(ctx.store.get(job_id)["output_dir"]) / ERRORS
-        final, error = (JobState.COMPLETED_WITH_ERRORS,
-                        f"{status.rows_failed} of {status.rows_total} rows failed; their errors are in {where}")
-    else:
-        final, error = JobState.FAILED, _first_chunk_error(ctx, job_id)
-    if ctx.store.transition(job_id, final, time_field="finished_at", error=error):
-        sync_manifest(ctx.store, job_id)
-        logger.info("job %s %s: %d rows, %d failed", job_id, final.value, status.rows_done, status.rows_failed)
-
-
-def _first_chunk_error(ctx: WorkerContext, job_id: str) -> str:
-    for info in ctx.store.chunk_states(job_id).values():
-        if info.get("error"):
-            return str(info["error"])
-    return _first_row_error(Path(ctx.store.get(job_id)["output_dir"]))
-
-
-def _first_row_error(out_dir: Path) -> str:
-    """Every row failed: the first row's error, which usually is every row's."""
-    for path in error_files(out_dir):
-        table = pq.read_table(path, columns=["error"])
-        if table.num_rows:
-            return f"every row failed; the first: {table.column('error')[0].as_py()}"
-    return "every row failed"
