@@ -121,6 +121,11 @@ class Settings(BaseSettings):
                 f"HFQ_VISIBILITY_TIMEOUT ({self.visibility_timeout} s) must exceed HFQ_CHUNK_TIME_LIMIT "
                 f"({self.chunk_time_limit} s): otherwise Redis hands a running chunk to a second worker"
             )
+        if self.job_ttl <= self.visibility_timeout:
+            raise ValueError(
+                f"HFQ_JOB_TTL ({self.job_ttl} s) must exceed HFQ_VISIBILITY_TIMEOUT ({self.visibility_timeout} s): "
+                "a job's record must outlive any delivery of its chunks, or they are skipped as unknown"
+            )
         for name in ("broker_url", "result_backend"):
             url = getattr(self, name)
             if url is not None and not url.startswith(("redis://", "rediss://", "unix://")):

@@ -29,14 +29,17 @@ def make_celery(settings: Settings, url: str) -> Celery:
 
 
 def run_worker(settings: Settings, *, name: str | None = None, loglevel: str | None = None) -> None:
-    """Serve chunk tasks in this process until stopped (``hfq worker``).
+    """Serve chunk tasks in this process until stopped (``hfq worker``), once Redis answers and passes the
+    start-up checks (:mod:`hfqueue.worker.preflight`).
 
     One prefork child serves models: the hard time limit stays enforceable and a child that dies hands
     its chunk back, while the parent never touches CUDA.
     """
     from hfqueue.worker import tasks
+    from hfqueue.worker.preflight import preflight
 
     url = broker_url(settings)
+    preflight(settings, url)
     app = make_celery(settings, url)
     tasks.register(app, settings, url)
     node = name or f"hfq-{os.getpid()}@{socket.gethostname()}"

@@ -81,7 +81,8 @@ def test_a_worker_started_before_redis_waits_then_serves(
     server = RedisServer(tmp_path / "redis")
     settings = on(server, settings)
     worker = worker_factory(settings, ready=False)
-    time.sleep(3)
+    wait_for(lambda: f"waiting for Redis at 127.0.0.1:{server.port}" in worker.log.read_text(), 30,
+             "the worker to say it waits for Redis")
     assert worker.proc.poll() is None, worker.log.read_text()[-2000:]
 
     # when Redis comes up
