@@ -146,3 +146,22 @@ def test_a_frozen_worker_whose_chunk_outlives_the_visibility_timeout_duplicates_
         status = job.wait(timeout=120)
         assert status.state == JobState.COMPLETED and status.rows_done == 64
     assert_each_row_once(Path(status.output_dir), 64)
+
+
+def test_a_worker_started_later_gets_queued_long_chunks_instead_of_waiting_behind_a_busy_one(
+        worker_factory: Callable[..., WorkerProcess], settings: Settings, fault_model: Path) -> None:
+    # given a job of four long chunks (8 batches each) queued before any worker runs, and one worker started
+    settings = fault_settings(settings)
+    with Client(settings) as client:
+        job = client.submit(task="feature-extraction", model=str(fault_model), inputs=sentences(128), chunk_size=32,
+                            trust_remote_code=True)
+        worker_factory(settings)
+
+        # when a second worker starts while the first is busy
+        worker_factory(settings)
+        status = job.wait(timeout=120)
+
+        # then the second one ran chunks too: the first had taken only the chunk it runs (prefetch 1)
+        assert status.state == JobState.COMPLETED
+        assert len({info["worker"] for info in job.chunks().values()}) == 2, job.chunks()
+    assert_each_row_once(Path(status.output_dir), 128)
