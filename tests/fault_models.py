@@ -8,7 +8,9 @@ custom code. Its forward pass
 * raises ``ValueError`` for a batch holding a row with ``[UNK]`` in its text (a *poison row*: the
   worker must isolate it and put it in the error file);
 * SIGKILLs its own process for a batch holding a row with ``[MASK]`` (a row that *crashes the process
-  every time*: the worker must give up on its chunk after ``HFQ_MAX_ATTEMPTS``).
+  every time*: the worker must give up on its chunk after ``HFQ_MAX_ATTEMPTS``);
+* raises ``torch.OutOfMemoryError`` (what CUDA raises) for a batch of more than ``fault_oom_tokens``
+  padded tokens, when set: the worker must split the batch and shrink its token budget.
 
 Both markers are special tokens of the tiny tokenizer, so they arrive as single ids and no ordinary
 sentence produces them.
@@ -29,14 +31,16 @@ import os
 import signal
 import time
 
+import torch
 from transformers import BertConfig, BertModel
 
 
 class FaultConfig(BertConfig):
     model_type = "fault-bert"
 
-    def __init__(self, fault_delay_s=0.0, fault_poison_id=-1, fault_crash_id=-1, **kwargs):
+    def __init__(self, fault_delay_s=0.0, fault_poison_id=-1, fault_crash_id=-1, fault_oom_tokens=-1, **kwargs):
         super().__init__(**kwargs)
+        self.fault_oom_tokens = fault_oom_tokens
         self.fault_delay_s = fault_delay_s
         self.fault_poison_id = fault_poison_id
         self.fault_crash_id = fault_crash_id
@@ -50,19 +54,25 @@ class FaultModel(BertModel):
             os.kill(os.getpid(), signal.SIGKILL)
         if input_ids is not None and bool((input_ids == self.config.fault_poison_id).any()):
             raise ValueError("poison row: this model refuses [UNK]")
+        if input_ids is not None and 0 < self.config.fault_oom_tokens < input_ids.numel():
+            raise torch.OutOfMemoryError(f"CUDA out of memory (injected: {input_ids.numel()} tokens)")
         time.sleep(self.config.fault_delay_s)
         return super().forward(input_ids=input_ids, **kwargs)
 '''
 
 
-def build_fault_encoder(path: Path, delay_s: float = 0.0) -> Path:
-    """Save the misbehaving encoder into ``path``; it needs a worker with ``HFQ_ALLOW_REMOTE_CODE=true``."""
+def build_fault_encoder(path: Path, delay_s: float = 0.0, oom_tokens: int = -1) -> Path:
+    """Save the misbehaving encoder into ``path``; it needs a worker with ``HFQ_ALLOW_REMOTE_CODE=true``.
+
+    It has the weights of :func:`tests.tiny_models.build_encoder`'s model, so where it does not misbehave
+    its outputs equal that model's.
+    """
     build_encoder(path)
     vocab = json.loads((path / "tokenizer.json").read_text())["model"]["vocab"]
     config = json.loads((path / "config.json").read_text())
     config.update(model_type="fault-bert", architectures=["FaultModel"],
                   auto_map={"AutoConfig": "fault_bert.FaultConfig", "AutoModel": "fault_bert.FaultModel"},
-                  fault_delay_s=delay_s, fault_poison_id=vocab[POISON], fault_crash_id=vocab[CRASH])
+                  fault_delay_s=delay_s, fault_oom_tokens=oom_tokens, fault_poison_id=vocab[POISON], fault_crash_id=vocab[CRASH])
     (path / "config.json").write_text(json.dumps(config, indent=2))
     (path / "fault_bert.py").write_text(_CODE)
     return path

@@ -10,6 +10,7 @@ whole job (the model does not fit the task) are raised, not isolated.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
@@ -20,6 +21,8 @@ from hfqueue.errors import HfqError, ModelLoadError
 from hfqueue.tasks.base import LoadedModel, TaskAdapter
 from hfqueue.worker.batching import TokenBudget, plan_batches
 from hfqueue.worker.models import free_device_memory
+
+logger = logging.getLogger(__name__)
 
 
 class BatchStopped(HfqError):
@@ -134,7 +137,10 @@ def _run(adapter: TaskAdapter, loaded: LoadedModel, index: list[int], features: 
     except Exception as exc:  # noqa: BLE001 - find the rows that fail by halving the batch
         if is_out_of_memory(exc):
             free_device_memory(loaded.device)
-            budget.shrink(max(lengths[i] for i in index) * len(index))
+            padded = max(lengths[i] for i in index) * len(index)
+            budget.shrink(padded)
+            logger.warning("out of memory on a batch of %d rows (%d padded tokens): splitting it; token budget "
+                           "now %d", len(index), padded, budget.tokens)
         if len(index) == 1:
             results.errors[index[0]] = _describe(exc)
             return

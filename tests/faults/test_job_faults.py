@@ -11,29 +11,39 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from transformers import AutoTokenizer
 
 from hfqueue import Client, JobState, Settings
 from hfqueue.embedded import RedisServer
 from hfqueue.errors import JobCancelledError, JobNotFoundError
 from hfqueue.sinks.local import part_files, read_manifest
 from tests.conftest import WorkerProcess, settings_env
-from tests.fault_models import POISON
+from tests.fault_models import POISON, build_fault_encoder
 from tests.faults.conftest import assert_each_row_once, fault_settings, ledger, running_chunk, wait_for
+from tests.integration.test_jobs import direct_embeddings
 from tests.tiny_models import sentences
 
 pytestmark = pytest.mark.timeout(180)
 
 
 @pytest.fixture(scope="module")
-def fault_worker(worker_factory: Callable[..., WorkerProcess], settings: Settings) -> Iterator[Settings]:
-    """A worker that may run the fault model; yields the settings that reach it."""
+def fault_worker_process(worker_factory: Callable[..., WorkerProcess], settings: Settings
+                         ) -> Iterator[tuple[Settings, WorkerProcess]]:
+    """A worker that may run the fault model, with the settings that reach it."""
     settings = fault_settings(settings)
     worker = worker_factory(settings)
-    yield settings
+    yield settings, worker
     worker.stop()
+
+
+@pytest.fixture
+def fault_worker(fault_worker_process: tuple[Settings, WorkerProcess]) -> Settings:
+    """The settings that reach the fault worker."""
+    return fault_worker_process[0]
 
 
 def submit(client: Client, model: Path, rows: list[str], **fields: object):  # noqa: ANN201
@@ -167,3 +177,23 @@ def test_resume_of_a_job_nobody_knows_says_where_it_looked(idle_client: Client) 
     # then the error says so and how to point at the folder, and nothing was written
     assert "is not in Redis" in str(caught.value) and "output_dir" in str(caught.value)
     assert "20990101-000000-abcdef" not in idle_client.store.job_ids()
+
+
+def test_out_of_memory_batches_are_split_and_the_results_equal_a_run_without_the_fault(
+        fault_worker_process: tuple[Settings, WorkerProcess], encoder: Path, tmp_path: Path) -> None:
+    # given a model that runs out of memory on any batch larger than twice the longest of these rows
+    rows = sentences(40)
+    longest = max(len(t) for t in AutoTokenizer.from_pretrained(encoder)(rows)["input_ids"])
+    model = build_fault_encoder(tmp_path / "oom", oom_tokens=2 * longest)
+
+    # when a job runs with batches of 4 rows under a 1,024-token budget
+    settings, worker = fault_worker_process
+    with Client(settings) as client:
+        status = submit(client, model, rows).wait(timeout=120)
+        result = client.job(status.job_id).result()
+
+    # then batches ran out of memory and were split, every row succeeded, equal to the same weights run one row at a time without the fault
+    assert "out of memory on a batch of 4 rows" in worker.log.read_text()
+    assert status.state == JobState.COMPLETED and status.rows_failed == 0
+    np.testing.assert_allclose(np.array(result["embedding"]), direct_embeddings(encoder, rows), atol=1e-5)
+    assert_each_row_once(Path(status.output_dir), 40)
