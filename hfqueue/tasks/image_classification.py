@@ -8,7 +8,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from hfqueue.tasks.base import LoadedModel
 from hfqueue.tasks.media import decode_image, media_problem
-from hfqueue.tasks.base import LoadedModel
 from hfqueue.tasks.pipeline_task import PipelineTask
 from hfqueue.tasks.text_classification import label_row, label_types
 

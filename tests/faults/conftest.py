@@ -16,7 +16,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from hfqueue import Client, Settings
+from hfqueue import Client, Job, JobState, JobStatus, Settings
 from hfqueue.embedded import RedisServer
 from hfqueue.sinks.local import error_files, part_files
 from tests.conftest import WorkerProcess
@@ -78,6 +78,12 @@ def wait_for(condition: Callable[[], object], timeout: float, what: str, every: 
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
+def submit(client: Client, model: Path, rows: list[str], chunk_size: int = 16) -> Job:
+    """A feature-extraction job of ``rows`` on ``model`` (the fault model needs trust_remote_code)."""
+    return client.submit(task="feature-extraction", model=str(model), inputs=rows, chunk_size=chunk_size,
+                         trust_remote_code=True)
+
+
 def running_chunk(client: Client, job_id: str) -> int | None:
     """Index of a chunk of the job that is running now, if any."""
     for index, info in client.store.chunk_states(job_id).items():
@@ -104,3 +110,11 @@ def assert_each_row_once(out_dir: Path, submitted: int, failed: set[int] = froze
     missing = set(range(submitted)) - set(ok) - set(errors)
     assert not missing, f"rows lost: {sorted(missing)}"
     assert len(ok) + len(errors) == submitted
+
+
+def assert_completes(job: Job, rows: int, timeout: float = 120) -> JobStatus:
+    """Wait for ``job``: it must end ``completed`` with all ``rows`` done, each exactly once on disk."""
+    status = job.wait(timeout=timeout)
+    assert status.state == JobState.COMPLETED and status.rows_done == rows, status
+    assert_each_row_once(Path(status.output_dir), rows)
+    return status

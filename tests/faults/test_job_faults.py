@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from hfqueue.errors import JobCancelledError, JobNotFoundError
 from hfqueue.sinks.local import part_files, read_manifest
 from tests.conftest import WorkerProcess, settings_env
 from tests.fault_models import POISON, build_fault_encoder
-from tests.faults.conftest import assert_each_row_once, fault_settings, ledger, running_chunk, wait_for
+from tests.faults.conftest import assert_each_row_once, fault_settings, ledger, running_chunk, submit, wait_for
 from tests.integration.test_jobs import direct_embeddings
 from tests.tiny_models import sentences
 
@@ -44,11 +43,6 @@ def fault_worker_process(worker_factory: Callable[..., WorkerProcess], settings:
 def fault_worker(fault_worker_process: tuple[Settings, WorkerProcess]) -> Settings:
     """The settings that reach the fault worker."""
     return fault_worker_process[0]
-
-
-def submit(client: Client, model: Path, rows: list[str], **fields: object):  # noqa: ANN201
-    return client.submit(task="feature-extraction", model=str(model), inputs=rows, chunk_size=16,
-                         trust_remote_code=True, **fields)
 
 
 def test_every_chunk_delivered_twice_gives_each_row_once(

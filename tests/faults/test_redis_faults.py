@@ -14,7 +14,7 @@ from hfqueue import Client, JobState, Settings
 from hfqueue.embedded import RedisServer
 from hfqueue.sinks.local import part_files
 from tests.conftest import WorkerProcess
-from tests.faults.conftest import assert_each_row_once, fault_settings, running_chunk, wait_for
+from tests.faults.conftest import assert_completes, assert_each_row_once, fault_settings, running_chunk, submit, wait_for
 from tests.tiny_models import sentences
 
 pytestmark = pytest.mark.timeout(180)
@@ -31,17 +31,14 @@ def test_redis_restarted_mid_job_workers_and_producers_reconnect(
     settings = on(redis_of_its_own, settings)
     worker_factory(settings)
     with Client(settings) as client:
-        job = client.submit(task="feature-extraction", model=str(fault_model), inputs=sentences(96), chunk_size=16,
-                            trust_remote_code=True)
+        job = submit(client, fault_model, sentences(96))
         wait_for(lambda: running_chunk(client, job.id) is not None, 60, "a chunk to start")
 
         # when redis-server stops and starts again on the same port
         redis_of_its_own.restart()
 
         # then the same producer waits the job out and every row is in the results once
-        status = job.wait(timeout=150)
-        assert status.state == JobState.COMPLETED and status.rows_done == 96
-    assert_each_row_once(Path(status.output_dir), 96)
+        assert_completes(job, 96, timeout=150)
 
 
 def test_redis_flushed_mid_job_then_resume_sends_only_the_missing_chunks(
@@ -51,8 +48,7 @@ def test_redis_flushed_mid_job_then_resume_sends_only_the_missing_chunks(
     settings = on(redis_of_its_own, settings)
     worker_factory(settings)
     with Client(settings) as client:
-        job = client.submit(task="feature-extraction", model=str(fault_model), inputs=sentences(96), chunk_size=16,
-                            trust_remote_code=True)
+        job = submit(client, fault_model, sentences(96))
         out = job.output_dir
         wait_for(lambda: job.status().chunks_done >= 2, 90, "two chunks to finish")
 

@@ -14,7 +14,8 @@ from hfqueue import Client, JobState, Settings
 from tests.conftest import WorkerProcess
 from tests.fault_models import CRASH
 from tests.tiny_models import sentences
-from tests.faults.conftest import assert_each_row_once, fault_settings, kill, running_chunk, serving_child, wait_for
+from tests.faults.conftest import (assert_completes, assert_each_row_once, fault_settings, kill, running_chunk, serving_child, submit,
+                                   wait_for)
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -25,8 +26,7 @@ def test_sigkill_of_the_serving_process_mid_chunk_reruns_the_chunk(
     settings = fault_settings(settings)
     worker = worker_factory(settings)
     with Client(settings) as client:
-        job = client.submit(task="feature-extraction", model=str(fault_model), inputs=sentences(64), chunk_size=16,
-                            trust_remote_code=True)
+        job = submit(client, fault_model, sentences(64))
         index = wait_for(lambda: running_chunk(client, job.id) is not None and job.status().rows_done == 0,
                          60, "a chunk to start")
 
@@ -51,8 +51,7 @@ def test_a_row_that_kills_the_process_every_time_fails_its_chunk_after_max_attem
     rows[20] = f"{rows[20]} {CRASH}"
     with Client(settings) as client:
         # when the job runs
-        job = client.submit(task="feature-extraction", model=str(fault_model), inputs=rows, chunk_size=16,
-                            trust_remote_code=True)
+        job = submit(client, fault_model, rows)
         status = job.wait(timeout=150)
 
         # then chunk 1 is marked failed with the reason after 2 attempts, and the other chunks finished
@@ -78,8 +77,7 @@ def test_whole_worker_killed_mid_job_and_another_started_finishes_the_job(
     settings = fault_settings(settings, **SHORT)
     first = worker_factory(settings)
     with Client(settings) as client:
-        job = client.submit(task="feature-extraction", model=str(fault_model), inputs=sentences(64), chunk_size=16,
-                            trust_remote_code=True)
+        job = submit(client, fault_model, sentences(64))
         wait_for(lambda: running_chunk(client, job.id) is not None, 60, "a chunk to start")
 
         # when the whole worker (main process and serving child) is SIGKILLed, and another worker starts
@@ -89,9 +87,7 @@ def test_whole_worker_killed_mid_job_and_another_started_finishes_the_job(
         worker_factory(settings)
 
         # then the chunk the dead worker held comes back (after the visibility timeout) and the job finishes
-        status = job.wait(timeout=120)
-        assert status.state == JobState.COMPLETED and status.rows_done == 64
-    assert_each_row_once(Path(status.output_dir), 64)
+        assert_completes(job, 64)
 
 
 def test_sigterm_mid_chunk_finishes_the_chunk_before_the_worker_exits(
@@ -100,8 +96,7 @@ def test_sigterm_mid_chunk_finishes_the_chunk_before_the_worker_exits(
     settings = fault_settings(settings)
     first = worker_factory(settings)
     with Client(settings) as client:
-        job = client.submit(task="feature-extraction", model=str(fault_model), inputs=sentences(64), chunk_size=16,
-                            trust_remote_code=True)
+        job = submit(client, fault_model, sentences(64))
         index = wait_for(lambda: running_chunk(client, job.id), 60, "a chunk to start")
         done_before = job.status().chunks_done
 
@@ -126,8 +121,7 @@ def test_a_frozen_worker_whose_chunk_outlives_the_visibility_timeout_duplicates_
     settings = fault_settings(settings, **SHORT)
     first = worker_factory(settings)
     with Client(settings) as client:
-        job = client.submit(task="feature-extraction", model=str(fault_model), inputs=sentences(64), chunk_size=16,
-                            trust_remote_code=True)
+        job = submit(client, fault_model, sentences(64))
         index = wait_for(lambda: running_chunk(client, job.id), 60, "a chunk to start")
         child = serving_child(first)
         kill(child, signal.SIGSTOP)
@@ -143,9 +137,7 @@ def test_a_frozen_worker_whose_chunk_outlives_the_visibility_timeout_duplicates_
             kill(child, signal.SIGCONT)
 
         # then the job completes and each row is in the results exactly once
-        status = job.wait(timeout=120)
-        assert status.state == JobState.COMPLETED and status.rows_done == 64
-    assert_each_row_once(Path(status.output_dir), 64)
+        assert_completes(job, 64)
 
 
 def test_a_worker_started_later_gets_queued_long_chunks_instead_of_waiting_behind_a_busy_one(
@@ -153,8 +145,7 @@ def test_a_worker_started_later_gets_queued_long_chunks_instead_of_waiting_behin
     # given a job of four long chunks (8 batches each) queued before any worker runs, and one worker started
     settings = fault_settings(settings)
     with Client(settings) as client:
-        job = client.submit(task="feature-extraction", model=str(fault_model), inputs=sentences(128), chunk_size=32,
-                            trust_remote_code=True)
+        job = submit(client, fault_model, sentences(128), chunk_size=32)
         worker_factory(settings)
 
         # when a second worker starts while the first is busy
