@@ -208,6 +208,9 @@ def celery_config(settings: Settings, broker_url: str) -> dict[str, Any]:
         "redis_backend_health_check_interval": settings.redis_health_check_interval,
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
+        # A chunk killed at the hard time limit goes back to the queue (Celery's default acks it: the chunk
+        # was never counted and its job never ended); the attempt counter bounds the retries.
+        "task_acks_on_timeout": False,
         "worker_prefetch_multiplier": 1,
         # Keep a running chunk running through a broker outage: on Redis, cancelling it (Celery's future
         # default) acked its message over the new connection, so the chunk never ran again (measured in

@@ -10,7 +10,9 @@ custom code. Its forward pass
 * SIGKILLs its own process for a batch holding a row with ``[MASK]`` (a row that *crashes the process
   every time*: the worker must give up on its chunk after ``HFQ_MAX_ATTEMPTS``);
 * raises ``torch.OutOfMemoryError`` (what CUDA raises) for a batch of more than ``fault_oom_tokens``
-  padded tokens, when set: the worker must split the batch and shrink its token budget.
+  padded tokens, when set: the worker must split the batch and shrink its token budget;
+* hangs for ``fault_hang_s`` seconds, when set, swallowing every exception meanwhile (as a stuck native
+  call would the soft time limit): only the hard time limit ends it.
 
 Both markers are special tokens of the tiny tokenizer, so they arrive as single ids and no ordinary
 sentence produces them.
@@ -38,8 +40,10 @@ from transformers import BertConfig, BertModel
 class FaultConfig(BertConfig):
     model_type = "fault-bert"
 
-    def __init__(self, fault_delay_s=0.0, fault_poison_id=-1, fault_crash_id=-1, fault_oom_tokens=-1, **kwargs):
+    def __init__(self, fault_delay_s=0.0, fault_poison_id=-1, fault_crash_id=-1, fault_oom_tokens=-1,
+                 fault_hang_s=0.0, **kwargs):
         super().__init__(**kwargs)
+        self.fault_hang_s = fault_hang_s
         self.fault_oom_tokens = fault_oom_tokens
         self.fault_delay_s = fault_delay_s
         self.fault_poison_id = fault_poison_id
@@ -56,12 +60,18 @@ class FaultModel(BertModel):
             raise ValueError("poison row: this model refuses [UNK]")
         if input_ids is not None and 0 < self.config.fault_oom_tokens < input_ids.numel():
             raise torch.OutOfMemoryError(f"CUDA out of memory (injected: {input_ids.numel()} tokens)")
+        until = time.monotonic() + self.config.fault_hang_s
+        while time.monotonic() < until:
+            try:
+                time.sleep(0.1)
+            except BaseException:
+                pass
         time.sleep(self.config.fault_delay_s)
         return super().forward(input_ids=input_ids, **kwargs)
 '''
 
 
-def build_fault_encoder(path: Path, delay_s: float = 0.0, oom_tokens: int = -1) -> Path:
+def build_fault_encoder(path: Path, delay_s: float = 0.0, oom_tokens: int = -1, hang_s: float = 0.0) -> Path:
     """Save the misbehaving encoder into ``path``; it needs a worker with ``HFQ_ALLOW_REMOTE_CODE=true``.
 
     It has the weights of :func:`tests.tiny_models.build_encoder`'s model, so where it does not misbehave
@@ -72,7 +82,7 @@ def build_fault_encoder(path: Path, delay_s: float = 0.0, oom_tokens: int = -1) 
     config = json.loads((path / "config.json").read_text())
     config.update(model_type="fault-bert", architectures=["FaultModel"],
                   auto_map={"AutoConfig": "fault_bert.FaultConfig", "AutoModel": "fault_bert.FaultModel"},
-                  fault_delay_s=delay_s, fault_oom_tokens=oom_tokens, fault_poison_id=vocab[POISON], fault_crash_id=vocab[CRASH])
+                  fault_delay_s=delay_s, fault_oom_tokens=oom_tokens, fault_hang_s=hang_s, fault_poison_id=vocab[POISON], fault_crash_id=vocab[CRASH])
     (path / "config.json").write_text(json.dumps(config, indent=2))
     (path / "fault_bert.py").write_text(_CODE)
     return path

@@ -52,8 +52,9 @@ def begin(ctx: WorkerContext, job_id: str, chunk: Chunk, out_dir: Path, worker: 
     attempt = ctx.store.chunk_started(job_id, chunk.index, worker)
     ctx.store.transition(job_id, JobState.RUNNING, allowed_from=(JobState.QUEUED.value,), time_field="started_at")
     if attempt > ctx.settings.max_attempts:
-        return None, fail(ctx, job_id, chunk, ("WorkerLost", f"chunk gave up after {attempt - 1} attempts "
-                                                             "(the worker died each time)"), out_dir)
+        return None, fail(ctx, job_id, chunk, ("WorkerLost", f"chunk gave up after {attempt - 1} attempts: each "
+                                                             "ended with its process killed (a crash, the system's "
+                                                             "out-of-memory killer, or HFQ_CHUNK_TIME_LIMIT)"), out_dir)
     return attempt, None
 
 

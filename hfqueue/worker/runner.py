@@ -17,6 +17,8 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
+from celery.exceptions import SoftTimeLimitExceeded
+
 from hfqueue.errors import HfqError, ModelLoadError
 from hfqueue.tasks.base import LoadedModel, TaskAdapter
 from hfqueue.worker.batching import TokenBudget, plan_batches
@@ -78,14 +80,14 @@ def _prepare(adapter: TaskAdapter, loaded: LoadedModel, rows: list[Any], options
              max_length: int, errors: dict[int, tuple[str, str]]) -> list[Any]:
     try:
         return adapter.prepare(loaded, rows, options, max_length)
-    except ModelLoadError:
+    except (ModelLoadError, SoftTimeLimitExceeded):
         raise
     except Exception:  # noqa: BLE001 - some row is bad: prepare them one by one to find which
         features: list[Any] = [None] * len(rows)
         for i, row in enumerate(rows):
             try:
                 features[i] = adapter.prepare(loaded, [row], options, max_length)[0]
-            except ModelLoadError:
+            except (ModelLoadError, SoftTimeLimitExceeded):
                 raise
             except Exception as exc:  # noqa: BLE001
                 errors[i] = _describe(exc)
@@ -132,7 +134,7 @@ def _run(adapter: TaskAdapter, loaded: LoadedModel, index: list[int], features: 
             outputs = adapter.forward(loaded, batch, options)
         if len(outputs) != len(index):
             raise HfqError(f"task {adapter.name!r} returned {len(outputs)} outputs for {len(index)} inputs")
-    except ModelLoadError:
+    except (ModelLoadError, SoftTimeLimitExceeded):  # the model or the chunk's time is at fault, not a row
         raise
     except Exception as exc:  # noqa: BLE001 - find the rows that fail by halving the batch
         if is_out_of_memory(exc):

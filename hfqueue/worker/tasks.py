@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from celery import Celery, Task
+from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_process_init
 
 from hfqueue import sources
@@ -85,6 +86,11 @@ def run_chunk(self: Task, message: dict[str, Any]) -> dict[str, Any]:
         return {"stopped": chunk.index}
     except ModelLoadError as exc:
         return chunks.fail_job(ctx, job_id, exc)
+    except SoftTimeLimitExceeded:
+        limit = ctx.settings.chunk_soft_time_limit
+        return chunks.fail(ctx, job_id, chunk, ("SoftTimeLimitExceeded", f"the chunk ran past HFQ_CHUNK_SOFT_TIME_LIMIT "
+                                                f"({limit} s); submit smaller chunks (chunk_size) or raise the limit"),
+                           out_dir)
     except Exception as exc:  # noqa: BLE001 - any other error fails this chunk, never the worker
         logger.exception("job %s chunk %d raised", job_id, chunk.index)
         return chunks.fail(ctx, job_id, chunk, (type(exc).__name__, str(exc)), out_dir)

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from hfqueue import Client, JobState, Settings
+from hfqueue.errors import JobFailedError
 from tests.conftest import WorkerProcess
-from tests.fault_models import CRASH
+from tests.fault_models import CRASH, build_fault_encoder
 from tests.tiny_models import sentences
 from tests.faults.conftest import (assert_completes, assert_each_row_once, fault_settings, kill, running_chunk, serving_child, submit,
                                    wait_for)
@@ -156,3 +157,31 @@ def test_a_worker_started_later_gets_queued_long_chunks_instead_of_waiting_behin
         assert status.state == JobState.COMPLETED
         assert len({info["worker"] for info in job.chunks().values()}) == 2, job.chunks()
     assert_each_row_once(Path(status.output_dir), 128)
+
+
+def test_chunks_past_their_time_limits_fail_with_the_reason_and_the_jobs_end(
+        worker_factory: Callable[..., WorkerProcess], settings: Settings, tmp_path: Path) -> None:
+    # given a worker with a 6 s soft and 8 s hard chunk time limit, allowing 2 attempts
+    settings = fault_settings(settings, chunk_soft_time_limit=6, chunk_time_limit=8, visibility_timeout=10,
+                              max_attempts=2)
+    worker_factory(settings)
+    slow = build_fault_encoder(tmp_path / "slow", delay_s=1.0)  # 20 batches of 1 s: past the soft limit
+    stuck = build_fault_encoder(tmp_path / "stuck", hang_s=60)  # ignores the soft limit: only the hard one ends it
+    with Client(settings) as client:
+        # when a one-chunk job of 80 rows (more than HFQ_SMALL_JOB_ROWS: a Celery chunk task) runs on each
+        slow_job = submit(client, slow, sentences(80), chunk_size=80)
+        stuck_job = submit(client, stuck, sentences(80), chunk_size=80)
+
+        # then the slow chunk stops at its soft limit and fails with the reason
+        with pytest.raises(JobFailedError) as failed:
+            slow_job.wait(timeout=60)
+        status = failed.value.status
+        assert (status.state, status.rows_failed) == (JobState.FAILED, 80)
+        assert "ran past HFQ_CHUNK_SOFT_TIME_LIMIT (6 s)" in status.error
+        # and the stuck one is killed at its hard limit, tried again, then failed: the job ends
+        with pytest.raises(JobFailedError) as failed:
+            stuck_job.wait(timeout=120)
+        status = failed.value.status
+        assert (status.state, status.rows_failed) == (JobState.FAILED, 80)
+        assert "gave up after 2 attempts" in status.error and "HFQ_CHUNK_TIME_LIMIT" in status.error
+    assert_each_row_once(Path(status.output_dir), 80, failed=set(range(80)))
