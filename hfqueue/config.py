@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from hfqueue.errors import ConfigError
@@ -41,6 +41,11 @@ class Settings(BaseSettings):
     output_root: Path = Field(
         Path("results"),
         description="Every job writes under this folder; a job's output_dir must resolve inside it.",
+    )
+    input_roots: list[Path] = Field(
+        [Path(".")],
+        description="Folders jobs may read local datasets, data files and model folders from (a JSON list; "
+        "paths are resolved, symlinks followed). Default: the working directory.",
     )
     queue: str = Field("hfq", min_length=1, description="Celery queue the chunk tasks go to.")
     chunk_size: int = Field(1000, gt=0, description="Rows per chunk task (a spec may override it).")
@@ -108,6 +113,12 @@ class Settings(BaseSettings):
         25, ge=0, description="Seconds between pings on idle Redis connections (0 turns them off)."
     )
     log_level: str = Field("INFO", description="Log level of `hfq` commands and workers.")
+
+    @field_validator("input_roots")
+    @classmethod
+    def _resolve_roots(cls, roots: list[Path]) -> list[Path]:
+        # Resolved once, where the settings are built: "." means the directory the process started in.
+        return [root.expanduser().resolve() for root in roots]
 
     @model_validator(mode="after")
     def _check_relations(self) -> "Settings":
