@@ -56,7 +56,7 @@ class Entry:
 
 def start(ctx: WorkerContext) -> Lane:
     """Start the heartbeat and serving threads of this process's end of the lane (daemon threads)."""
-    lane = Lane(ctx.store.r, ctx.settings.queue)
+    lane = Lane(ctx.store.r, ctx.settings.queue, keep=ctx.settings.job_ttl)
     lane.heartbeat()
     threading.Thread(target=_beat_forever, args=(lane,), name="hfq-heartbeat", daemon=True).start()
     threading.Thread(target=serve_forever, args=(ctx, lane), name="hfq-requests", daemon=True).start()
