@@ -109,9 +109,12 @@ def sentence_transformers_encode(path: Path, rows: list[str], repeats: int) -> t
 def running_worker(work: Path, overrides: dict[str, Any]) -> Iterator[Client]:
     """A real redis-server and one real worker with ``overrides``; yields a client once the worker answers."""
     with RedisServer(work / "redis") as server:
+        # The worker checks a job's paths against its own roots: give it the same ones as the client.
+        roots = [work, minilm_path()]
         settings = Settings(broker_url=server.url, output_root=work / "results", state_dir=work / "state",
-                            **overrides)
+                            input_roots=roots, **overrides)
         env = {**os.environ, "HFQ_BROKER_URL": server.url, "HF_HUB_OFFLINE": "1",
+               "HFQ_OUTPUT_ROOT": str(work / "results"), "HFQ_INPUT_ROOTS": json.dumps([str(r) for r in roots]),
                **{f"HFQ_{k.upper()}": str(v).lower() for k, v in overrides.items()}}
         worker = subprocess.Popen([sys.executable, "-m", "hfqueue", "worker", "--name", "bench@local"], env=env,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -7,10 +7,11 @@ limit re-delivers every long chunk) are checked when the settings are built.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from hfqueue.errors import ConfigError
@@ -27,13 +28,16 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="HFQ_", extra="forbid", validate_default=True)
 
+    # repr=False: the URLs may carry a password, and settings end up in tracebacks and test reports.
     broker_url: str | None = Field(
         None,
-        description="Redis URL for the Celery broker and the job records (redis:// or rediss://). "
+        repr=False,
+        description="Redis URL for the Celery broker and the job records: redis://, or rediss:// (TLS) with "
+        "?ssl_cert_reqs=required and, for a private CA, &ssl_ca_certs=/path/ca.pem. "
         "Unset: a private redis-server is started under the state folder and reused.",
     )
     result_backend: str | None = Field(
-        None, description="Celery result backend URL. Unset: the broker URL."
+        None, repr=False, description="Celery result backend URL. Unset: the broker URL."
     )
     state_dir: Path = Field(
         Path(".hfq"), description="Folder for local state: the embedded redis-server's data and address."
@@ -41,6 +45,11 @@ class Settings(BaseSettings):
     output_root: Path = Field(
         Path("results"),
         description="Every job writes under this folder; a job's output_dir must resolve inside it.",
+    )
+    input_roots: list[Path] = Field(
+        [Path(".")],
+        description="Folders jobs may read local datasets, data files and model folders from (a JSON list; "
+        "paths are resolved, symlinks followed). Default: the working directory.",
     )
     queue: str = Field("hfq", min_length=1, description="Celery queue the chunk tasks go to.")
     chunk_size: int = Field(1000, gt=0, description="Rows per chunk task (a spec may override it).")
@@ -109,6 +118,12 @@ class Settings(BaseSettings):
     )
     log_level: str = Field("INFO", description="Log level of `hfq` commands and workers.")
 
+    @field_validator("input_roots")
+    @classmethod
+    def _resolve_roots(cls, roots: list[Path]) -> list[Path]:
+        # Resolved once, where the settings are built: "." means the directory the process started in.
+        return [root.expanduser().resolve() for root in roots]
+
     @model_validator(mode="after")
     def _check_relations(self) -> "Settings":
         if self.chunk_soft_time_limit >= self.chunk_time_limit:
@@ -129,7 +144,12 @@ class Settings(BaseSettings):
         for name in ("broker_url", "result_backend"):
             url = getattr(self, name)
             if url is not None and not url.startswith(("redis://", "rediss://", "unix://")):
-                raise ValueError(f"HFQ_{name.upper()} must be a redis://, rediss:// or unix:// URL, got {url!r}")
+                raise ValueError(f"HFQ_{name.upper()} must be a redis://, rediss:// or unix:// URL, got {redact(url)!r}")
+            if url is not None and url.startswith("rediss://") and "ssl_cert_reqs=" not in url:
+                # kombu would fall back to not checking the certificate at all; Celery's result backend refuses
+                raise ValueError(
+                    f"HFQ_{name.upper()} ({redact(url)}) must say how to check the server's certificate: add "
+                    "?ssl_cert_reqs=required, and &ssl_ca_certs=/path/to/ca.pem when a private CA signed it")
         if self.device != "auto" and not (self.device in ("cpu", "cuda", "mps") or self.device.startswith("cuda:")):
             raise ValueError(f"HFQ_DEVICE must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
         return self
@@ -155,6 +175,18 @@ class Settings(BaseSettings):
         return self.batch_tokens(device) if device.startswith("cuda") else 256
 
 
+def redact(url: str) -> str:
+    """``url`` with its password (in the user part or a ``password=`` query parameter) replaced by ``***``.
+
+    Use it wherever a Redis URL could reach a log, a message or an error.
+
+    >>> redact("rediss://:s3cret@redis.internal:6380/0?ssl_cert_reqs=required")
+    'rediss://:***@redis.internal:6380/0?ssl_cert_reqs=required'
+    """
+    url = re.sub(r"(://[^/:@]*:)[^/]*@", r"\1***@", url)
+    return re.sub(r"([?&]password=)[^&]*", r"\1***", url)
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Build :class:`Settings` from the environment plus ``overrides``; raise :class:`ConfigError` if invalid.
 
@@ -168,7 +200,7 @@ def load_settings(**overrides: Any) -> Settings:
         for err in exc.errors():
             field = ".".join(str(p) for p in err["loc"])
             where = f"HFQ_{field.upper()}: " if field else ""
-            got = f" (got {err['input']!r})" if field and "input" in err else ""
+            got = f" (got {redact(repr(err['input']))})" if field and "input" in err else ""
             problems.append(f"{where}{err['msg'].removeprefix('Value error, ')}{got}")
         raise ConfigError("invalid hfqueue settings:\n  " + "\n  ".join(problems), value=overrides) from None
 

@@ -8,6 +8,7 @@ running, submits a job over the dataset, and searches the results for the senten
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import subprocess
@@ -53,9 +54,11 @@ def run_demo(settings: Settings, rows: int = 2000) -> int:
     import numpy as np
 
     datasets.disable_progress_bars()
-    data_dir = settings.state_dir / "demo" / f"topics-{rows}"
+    data_dir = (settings.state_dir / "demo" / f"topics-{rows}").expanduser().resolve()
     if not data_dir.exists():
         datasets.Dataset.from_dict({"text": topic_sentences(rows)}).save_to_disk(str(data_dir))
+    # The model lives in site-packages and the sentences under the state folder: let the demo's jobs read both.
+    settings = settings.model_copy(update={"input_roots": [*settings.input_roots, minilm_path(), data_dir]})
     client = Client(settings)
     worker = _ensure_worker(client)
     try:
@@ -85,7 +88,8 @@ def _ensure_worker(client: Client) -> subprocess.Popen[bytes] | None:
     """Start a worker for the demo unless one already answers; return the process we started."""
     if client.workers():
         return None
-    env = {**os.environ, "HFQ_BROKER_URL": client.url}
+    env = {**os.environ, "HFQ_BROKER_URL": client.url,
+           "HFQ_INPUT_ROOTS": json.dumps([str(root) for root in client.settings.input_roots])}
     log = client.settings.state_dir / "demo-worker.log"
     print(f"no worker is running: starting one for the demo (log: {log})")
     with log.open("ab") as out:

@@ -220,12 +220,14 @@ class Keys:
 
     @staticmethod
     def processing(queue: str, consumer: str) -> str:
-        """List: lane entries a serving process has taken and not yet answered (swept back if it dies)."""
+        """List: lane entries a serving process has taken and not yet answered (swept back if it dies; expires
+        HFQ_JOB_TTL after its consumer's last heartbeat)."""
         return f"{KEY_PREFIX}:requests:{queue}:processing:{consumer}"
 
     @staticmethod
     def consumers(queue: str) -> str:
-        """Set: serving processes that may hold lane entries (a sweeper removes the dead ones)."""
+        """Set: serving processes that may hold lane entries (a sweeper removes the dead ones; expires
+        HFQ_JOB_TTL after the queue's last heartbeat)."""
         return f"{KEY_PREFIX}:requests:{queue}:consumers"
 
     @staticmethod

@@ -10,9 +10,11 @@ from __future__ import annotations
 import glob
 import logging
 from collections import OrderedDict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hfqueue import paths
 from hfqueue.errors import SourceNotFoundError
 from hfqueue.jobs import JobSpec, Source
 
@@ -27,24 +29,29 @@ _OPEN_CACHE: OrderedDict[str, Any] = OrderedDict()
 _OPEN_CACHE_SIZE = 4
 
 
-def resolve(spec: JobSpec) -> Source:
-    """Classify the spec's source: inline rows, a ``save_to_disk`` folder, data files, or a Hub id / folder."""
+def resolve(spec: JobSpec, roots: Sequence[Path]) -> Source:
+    """Classify the spec's source: inline rows, a ``save_to_disk`` folder, data files, or a Hub id / folder.
+
+    A local folder and every data file a glob matches must lie inside ``roots`` (HFQ_INPUT_ROOTS),
+    symlinks followed; otherwise :class:`~hfqueue.errors.InvalidSpecError` says where it led.
+    """
     if spec.inputs is not None:
         return Source(kind="inline", columns=spec.columns or {})
     items = [spec.dataset] if isinstance(spec.dataset, str) else list(spec.dataset or [])
     common = {"split": spec.split, "columns": spec.columns or {}}
     if len(items) == 1 and Path(items[0]).expanduser().is_dir():
-        folder = Path(items[0]).expanduser().resolve()
+        folder = paths.check_readable(items[0], roots, "dataset folder")
         if any((folder / m).exists() for m in _DISK_MARKERS):
             return Source(kind="disk", path=str(folder), **common)
         return Source(kind="hub", path=str(folder), config=spec.dataset_config, **common)
     suffixes = {_suffix(item) for item in items}
     if suffixes <= set(_BUILDERS) and len({_BUILDERS[s] for s in suffixes}) == 1:
-        files = sorted({str(Path(f).resolve()) for item in items for f in glob.glob(str(Path(item).expanduser()))})
+        files = sorted({str(paths.check_readable(f, roots, "data file"))
+                        for item in items for f in glob.glob(str(Path(item).expanduser()))})
         if not files:
             raise SourceNotFoundError(f"no data files match {spec.dataset!r}; check the path or glob", value=spec.dataset)
         return Source(kind="files", builder=_BUILDERS[suffixes.pop()], data_files=files, **common)
-    if len(items) != 1 or _looks_local(items[0]):
+    if len(items) != 1 or paths.looks_local(items[0]):
         raise SourceNotFoundError(
             f"dataset {spec.dataset!r} is not a dataset folder, csv/json/jsonl/parquet files, or a Hub dataset id",
             value=spec.dataset,
@@ -125,7 +132,3 @@ def _open(source: Source) -> "datasets.Dataset":
 
 def _suffix(path: str) -> str:
     return Path(path).suffix.lower()
-
-
-def _looks_local(name: str) -> bool:
-    return name.startswith((".", "/", "~")) or name.count("/") > 1 or Path(name).expanduser().exists()

@@ -18,14 +18,18 @@ from hfqueue.config import Settings
 from hfqueue.errors import JobNotFoundError
 from hfqueue.jobs import JobState, JobStatus, Keys
 
-# KEYS: job hash; ARGV: new state, time field ('' for none), time, allowed previous states...
+# KEYS: job hash; ARGV: new state, time field ('' for none), time, number of allowed previous states n,
+# the n allowed states, then field, value pairs to set with the state (in the same step, so no reader sees
+# a failed job without its error).
 _TRANSITION = """
 local cur = redis.call('HGET', KEYS[1], 'state')
 if not cur then return -1 end
-for i = 4, #ARGV do
+local n = tonumber(ARGV[4])
+for i = 5, 4 + n do
   if cur == ARGV[i] then
     redis.call('HSET', KEYS[1], 'state', ARGV[1])
     if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], ARGV[2], ARGV[3]) end
+    for j = 5 + n, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[j], ARGV[j + 1]) end
     return 1
   end
 end
@@ -149,9 +153,9 @@ class JobStore:
     def transition(self, job_id: str, new: JobState, *, allowed_from: tuple[str, ...] = _LIVE,
                    time_field: str = "", **fields: Any) -> bool:
         """Move the job to ``new`` if it is in one of ``allowed_from``; set ``fields`` when it moved."""
-        moved = self._transition(keys=[Keys.job(job_id)], args=[new.value, time_field, time.time(), *allowed_from])
-        if moved == 1 and fields:
-            self.r.hset(Keys.job(job_id), mapping={k: _enc(v) for k, v in fields.items()})
+        pairs = [x for k, v in fields.items() for x in (k, _enc(v))]
+        moved = self._transition(keys=[Keys.job(job_id)],
+                                 args=[new.value, time_field, time.time(), len(allowed_from), *allowed_from, *pairs])
         return moved == 1
 
     def chunk_started(self, job_id: str, index: int, worker: str) -> int:

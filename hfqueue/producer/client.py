@@ -97,7 +97,9 @@ class Client:
             return
         with self._celery.producer_or_acquire() as producer:
             for message in messages(plan, job_id, only):
-                self._celery.send_task(CHUNK_TASK, args=[message], queue=self.settings.queue, producer=producer)
+                # ignore_result: otherwise Celery subscribes this producer to a result channel per chunk, for ever
+                self._celery.send_task(CHUNK_TASK, args=[message], queue=self.settings.queue, producer=producer,
+                                       ignore_result=True)
 
     def infer(self, task: str, inputs: list[Any], model: str | None = None, *, options: dict[str, Any] | None = None,
               timeout: float = 30.0, **fields: Any) -> list[dict[str, Any]]:

@@ -5,12 +5,12 @@ Everything that can fail here fails before anything is written or enqueued.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hfqueue import sources, tasks
+from hfqueue import paths, sources, tasks
 from hfqueue.config import Settings
 from hfqueue.errors import InvalidSpecError, SourceNotFoundError
 from hfqueue.jobs import Chunk, JobSpec, Source, plan_chunks
@@ -29,9 +29,12 @@ class Plan:
 
 
 def plan_job(spec: JobSpec, settings: Settings, job_id: str) -> Plan:
-    """Check model, source, column and output folder; count rows; cut chunks."""
+    """Check model, source, column and output folder; count rows; cut chunks.
+
+    Local paths are checked against the roots first, before anything under them is read.
+    """
     assert spec.model is not None  # JobSpec fills in the task's default model
-    check_model(spec.model)
+    check_model(spec.model, settings.input_roots)
     problem = tasks.get(spec.task).check_model(spec.model, spec.revision)
     if problem:
         raise InvalidSpecError(f"model {spec.model!r} cannot run task {spec.task!r}: {problem}", value=spec.model)
@@ -39,7 +42,7 @@ def plan_job(spec: JobSpec, settings: Settings, job_id: str) -> Plan:
     if (output_dir / MANIFEST).exists() or part_files(output_dir):
         raise InvalidSpecError(f"output_dir {output_dir} already holds a job's results; choose another folder",
                                value=spec.output_dir)
-    source = sources.resolve(spec)
+    source = sources.resolve(spec, settings.input_roots)
     if spec.inputs is not None:
         rows = len(spec.inputs)
         if rows > settings.max_inline_rows:
@@ -66,12 +69,13 @@ def messages(plan: Plan, job_id: str, only: set[int] | None = None) -> Iterator[
                "output_dir": str(plan.output_dir), "inputs": inline}
 
 
-def check_model(model: str) -> None:
-    """A local model path must exist; anything else must be a well-formed Hub model id."""
+def check_model(model: str, roots: Sequence[Path]) -> None:
+    """A local model path must exist and lie inside ``roots``; anything else must be a well-formed Hub model id."""
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
     path = Path(model).expanduser()
     if path.exists():
+        paths.check_readable(model, roots, "model folder")
         if not path.is_dir():
             raise SourceNotFoundError(f"model path {model!r} is a file; give the model's folder", value=model)
         return

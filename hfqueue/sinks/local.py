@@ -22,7 +22,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from hfqueue.errors import InvalidSpecError
+from hfqueue.paths import check_output_dir
 
 ROW_INDEX = "row_idx"
 MANIFEST = "manifest.json"
@@ -33,19 +33,10 @@ ERRORS = "errors"
 def resolve_output_dir(output_root: Path, output_dir: str | None, job_id: str) -> Path:
     """The absolute folder a job writes to; it must lie inside ``output_root`` (symlinks resolved).
 
-    A relative ``output_dir`` is taken under the root, so ``"run1"`` means ``<root>/run1``.
+    A relative ``output_dir`` is taken under the root, so ``"run1"`` means ``<root>/run1``; the job id
+    when none is given.
     """
-    root = output_root.expanduser().resolve()
-    target = (root / (output_dir or job_id)).expanduser().resolve()
-    if target != root and root not in target.parents:
-        raise InvalidSpecError(
-            f"output_dir {output_dir!r} resolves to {target}, outside the output root {root}; "
-            "give a folder under the root, or change HFQ_OUTPUT_ROOT",
-            value=output_dir,
-        )
-    if target == root:
-        raise InvalidSpecError("output_dir must be a folder under the output root, not the root itself", value=output_dir)
-    return target
+    return check_output_dir(output_root, output_dir or job_id)
 
 
 def part_path(out_dir: Path, index: int) -> Path:

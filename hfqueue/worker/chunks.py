@@ -16,7 +16,7 @@ from typing import Any
 import pyarrow as pa
 
 from hfqueue import tasks
-from hfqueue.errors import ModelLoadError
+from hfqueue.errors import HfqError
 from hfqueue.jobs import Chunk, JobSpec, JobState, Source
 from hfqueue.manifest import finalize, sync_manifest
 from hfqueue.sinks.local import ROW_INDEX, chunk_on_disk, error_table, part_path, write_error_part, write_part
@@ -98,8 +98,9 @@ def _echo(values: list[Any], as_json: bool) -> pa.Array | None:
     return None
 
 
-def fail_job(ctx: WorkerContext, job_id: str, exc: ModelLoadError) -> dict[str, Any]:
-    """Every chunk of the job would fail the same way (the model does not load or fit): fail the job now."""
+def fail_job(ctx: WorkerContext, job_id: str, exc: HfqError) -> dict[str, Any]:
+    """Every chunk of the job would fail the same way (the model does not load or fit, a path is refused):
+    fail the job now."""
     logger.error("job %s failed: %s", job_id, exc)
     if ctx.store.transition(job_id, JobState.FAILED, time_field="finished_at", error=str(exc)):
         sync_manifest(ctx.store, job_id)

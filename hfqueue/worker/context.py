@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from collections.abc import Callable
 from typing import Any
 
-from hfqueue import tasks
+from hfqueue import paths, tasks
 from hfqueue.config import Settings
-from hfqueue.errors import ModelLoadError
+from hfqueue.errors import InvalidSpecError, ModelLoadError
 from hfqueue.jobs import JobSpec
 from hfqueue.store import JobStore
 from hfqueue.tasks.base import LoadedModel
@@ -37,10 +37,15 @@ class WorkerContext:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def model(self, adapter: tasks.TaskAdapter, spec: JobSpec, device: str) -> LoadedModel:
-        """The spec's model for ``adapter`` from the cache (loaded on a miss), once the worker allows it."""
+        """The spec's model for ``adapter`` from the cache (loaded on a miss), once the worker allows it:
+        remote code only with HFQ_ALLOW_REMOTE_CODE, a local folder only inside HFQ_INPUT_ROOTS."""
         if spec.trust_remote_code and not self.settings.allow_remote_code:
             raise ModelLoadError("the job asks for trust_remote_code, which this worker does not allow "
                                  "(the operator can set HFQ_ALLOW_REMOTE_CODE=true)", value=spec.model)
+        try:  # every way to a model passes here, client.infer requests included
+            paths.check_model(str(spec.model), self.settings.input_roots)
+        except InvalidSpecError as exc:
+            raise ModelLoadError(f"this worker refuses the model: {exc}", value=spec.model) from None
         with self.lock:
             return self.models.get(adapter, str(spec.model), revision=spec.revision, device=device,
                                    dtype=spec.dtype or self.settings.dtype, quantization=spec.quantization,

@@ -29,8 +29,9 @@ SWEEP_EVERY = 5.0  # seconds between looks for dead consumers
 class Lane:
     """One serving process's end of the request lane of ``queue``."""
 
-    def __init__(self, r: redis.Redis, queue: str, consumer: str | None = None) -> None:
+    def __init__(self, r: redis.Redis, queue: str, consumer: str | None = None, *, keep: int = 7 * 24 * 3600) -> None:
         self.r = r
+        self.keep = keep  # seconds the consumers set and processing lists outlive the last heartbeat
         self.consumer = consumer or f"{socket.gethostname()}:{os.getpid()}"
         self.key = Keys.requests(queue)
         self.processing = Keys.processing(queue, self.consumer)
@@ -41,6 +42,10 @@ class Lane:
         with self.r.pipeline() as p:
             p.set(Keys.alive(self.consumer), 1, ex=HEARTBEAT_TTL)
             p.sadd(Keys.consumers(self._queue), self.consumer)
+            # Sweeps clean up after dead consumers while any consumer of the queue lives; these TTLs clean
+            # up when none is left (by then the jobs of any entries left behind have expired too).
+            p.expire(Keys.consumers(self._queue), self.keep)
+            p.expire(self.processing, self.keep)
             p.execute()
 
     def pop(self, timeout: float) -> str | None:

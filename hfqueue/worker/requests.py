@@ -30,7 +30,7 @@ import numpy as np
 
 from hfqueue.errors import ModelLoadError
 from hfqueue.jobs import Chunk, Keys, Source
-from hfqueue.worker import chunks
+from hfqueue.worker import chunks, guard
 from hfqueue.worker.batching import gather
 from hfqueue.worker.context import WorkerContext
 from hfqueue.worker.lane import HEARTBEAT_EVERY, SWEEP_EVERY, Lane
@@ -56,7 +56,7 @@ class Entry:
 
 def start(ctx: WorkerContext) -> Lane:
     """Start the heartbeat and serving threads of this process's end of the lane (daemon threads)."""
-    lane = Lane(ctx.store.r, ctx.settings.queue)
+    lane = Lane(ctx.store.r, ctx.settings.queue, keep=ctx.settings.job_ttl)
     lane.heartbeat()
     threading.Thread(target=_beat_forever, args=(lane,), name="hfq-heartbeat", daemon=True).start()
     threading.Thread(target=serve_forever, args=(ctx, lane), name="hfq-requests", daemon=True).start()
@@ -146,8 +146,10 @@ def _admit(ctx: WorkerContext, lane: Lane, entry: Entry) -> bool:
     body = entry.body
     if "job" in body:
         job = body["job"]
-        attempt, outcome = chunks.begin(ctx, job["job_id"], Chunk(**job["chunk"]), Path(job["output_dir"]),
-                                        lane.consumer)
+        attempt, outcome = None, guard.refuse(ctx, job)
+        if outcome is None:
+            attempt, outcome = chunks.begin(ctx, job["job_id"], Chunk(**job["chunk"]), Path(job["output_dir"]),
+                                            lane.consumer)
         body["attempt"] = attempt
         run = outcome is None
     else:  # an infer request whose caller has given up is not worth running

@@ -21,7 +21,7 @@ from hfqueue.config import Settings
 from hfqueue.errors import HfqError, ModelLoadError
 from hfqueue.jobs import Chunk, JobState, Source
 from hfqueue.store import JobStore, redis_client
-from hfqueue.worker import chunks
+from hfqueue.worker import chunks, guard
 from hfqueue.worker.app import CHUNK_TASK
 from hfqueue.worker.context import WorkerContext
 from hfqueue.worker.models import ModelCache, resolve_device
@@ -63,6 +63,9 @@ def context() -> WorkerContext:
 def run_chunk(self: Task, message: dict[str, Any]) -> dict[str, Any]:
     """Run one chunk of a job and record its outcome. ``message`` is built by the producer's planner."""
     ctx = context()
+    refused = guard.refuse(ctx, message)  # before anything is read or written at the message's paths
+    if refused is not None:
+        return refused
     job_id, chunk, out_dir = message["job_id"], Chunk(**message["chunk"]), Path(message["output_dir"])
     attempt, outcome = chunks.begin(ctx, job_id, chunk, out_dir, self.request.hostname or "?")
     if outcome is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -22,7 +23,8 @@ def test_every_setting_has_one_row_with_its_default() -> None:
     expected = {f"HFQ_{name.upper()}": field.default for name, field in Settings.model_fields.items()}
     assert set(rows) == set(expected)
     for var, default in expected.items():
-        shown = "unset" if default is None else str(default).lower() if isinstance(default, bool) else str(default)
+        shown = ("unset" if default is None else str(default).lower() if isinstance(default, bool)
+                 else json.dumps([str(v) for v in default]) if isinstance(default, list) else str(default))
         assert rows[var] == shown, var
 
 

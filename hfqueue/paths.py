@@ -1,0 +1,94 @@
+"""Which local paths a job may touch: reads inside ``HFQ_INPUT_ROOTS``, writes inside ``HFQ_OUTPUT_ROOT``.
+
+One implementation for both ends: the producer checks a spec before anything is written, and the
+worker checks each message again before it reads or writes anything, because whoever can write to
+Redis can forge a message. Paths are compared after ``~`` is expanded, ``..`` is resolved and every
+symlink is followed, so neither ``../`` nor a symlink inside a root leads out of it.
+
+Hub ids (``org/name``) are not local paths and are not checked here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from hfqueue.errors import InvalidSpecError
+from hfqueue.jobs import Source
+
+_FIX_READ = "move it under one of them, or add its folder to HFQ_INPUT_ROOTS (a JSON list) on producer and workers"
+_BUILDERS = frozenset({"csv", "json", "parquet"})  # what sources.resolve produces for data files
+
+
+def resolved(path: str | Path) -> Path:
+    """``path`` absolute, with ``~`` expanded, ``..`` resolved and every symlink followed."""
+    return Path(path).expanduser().resolve()
+
+
+def inside(path: str | Path, roots: Sequence[Path]) -> bool:
+    """Whether ``path`` resolves to one of ``roots`` or somewhere below one (roots are resolved too).
+
+    >>> inside("/srv/data/../data/x.csv", [Path("/srv/data")])
+    True
+    >>> inside("/srv/data/../etc/passwd", [Path("/srv/data")])
+    False
+    """
+    target = resolved(path)
+    return any(target == root or root in target.parents for root in map(resolved, roots))
+
+
+def looks_local(name: str) -> bool:
+    """Whether a model or dataset name means a local path rather than a Hub id.
+
+    ``transformers`` and ``datasets`` load from disk whenever the name exists as a path, so an
+    existing path counts as local even when it reads like ``org/name``.
+    """
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or Path(name).expanduser().exists()
+
+
+def check_readable(path: str | Path, roots: Sequence[Path], what: str) -> Path:
+    """``path`` resolved, when it lies inside ``roots``; else :class:`InvalidSpecError` saying how to fix it.
+
+    ``what`` names the path in the message, e.g. ``"data file"`` or ``"model folder"``.
+    """
+    target = resolved(path)
+    if not inside(target, roots):
+        allowed = ", ".join(str(resolved(r)) for r in roots) or "(none)"
+        raise InvalidSpecError(f"{what} {str(path)!r} resolves to {target}, outside the input roots [{allowed}]; "
+                               f"{_FIX_READ}", value=str(path))
+    return target
+
+
+def check_output_dir(output_root: Path, output_dir: str | Path) -> Path:
+    """``output_dir`` (relative to ``output_root``, or absolute) resolved, when it lies strictly below the root."""
+    root = resolved(output_root)
+    target = resolved(root / Path(output_dir).expanduser())
+    if target == root:
+        raise InvalidSpecError("output_dir must be a folder under the output root, not the root itself",
+                               value=str(output_dir))
+    if not inside(target, [root]):
+        raise InvalidSpecError(f"output_dir {str(output_dir)!r} resolves to {target}, outside the output root "
+                               f"{root}; give a folder under the root, or change HFQ_OUTPUT_ROOT", value=str(output_dir))
+    return target
+
+
+def check_model(model: str, roots: Sequence[Path]) -> None:
+    """A model named by a local path must lie inside ``roots``; a Hub id passes."""
+    if looks_local(model):
+        check_readable(model, roots, "model folder")
+
+
+def check_source(source: Source, roots: Sequence[Path]) -> None:
+    """Every local path a resolved :class:`Source` reads from must lie inside ``roots``."""
+    if source.kind == "disk" or (source.kind == "hub" and source.path and looks_local(source.path)):
+        if not source.path:
+            raise InvalidSpecError("a dataset folder source names no folder", value=source.path)
+        check_readable(source.path, roots, "dataset folder")
+    if source.kind == "files":
+        if source.builder not in _BUILDERS:
+            raise InvalidSpecError(f"data files builder {source.builder!r} is not one of {sorted(_BUILDERS)}",
+                                   value=source.builder)
+        for file in source.data_files or []:
+            if "://" in file:  # datasets would fetch it; a submitted job only ever names local files
+                raise InvalidSpecError(f"data file {file!r} is not a local path", value=file)
+            check_readable(file, roots, "data file")
