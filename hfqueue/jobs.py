@@ -241,6 +241,11 @@ class Keys:
         return f"{KEY_PREFIX}:reply:{request_id}"
 
     @staticmethod
+    def claim(job_id: str, index: int) -> str:
+        """String with a short TTL: which delivery of a chunk writes its outcome (two may finish at once)."""
+        return f"{KEY_PREFIX}:job:{job_id}:claim:{index}"
+
+    @staticmethod
     def done(job_id: str) -> str:
         """Set: indexes of chunks counted as finished (so a re-delivered chunk is counted once)."""
         return f"{KEY_PREFIX}:job:{job_id}:done"

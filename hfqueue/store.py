@@ -168,6 +168,23 @@ class JobStore:
             attempt, *_ = p.execute()
         return int(attempt)
 
+    def claim(self, job_id: str, index: int, token: str, ttl: int) -> bool:
+        """Whether the delivery holding ``token`` may write chunk ``index``'s outcome: the first to ask wins.
+
+        Two deliveries of a chunk can end at once (a frozen worker wakes while another runs its chunk);
+        only one writes a part, so the disk and the counts agree. The claim expires, so a winner that dies
+        before writing does not block a later delivery for long.
+        """
+        return bool(self.r.set(Keys.claim(job_id, index), token, nx=True, ex=ttl))
+
+    def is_counted(self, job_id: str, index: int) -> bool:
+        """Whether chunk ``index`` has been counted as finished."""
+        return bool(self.r.sismember(Keys.done(job_id), str(index)))
+
+    def release(self, job_id: str, index: int) -> None:
+        """Give a claim up (its outcome could not be written)."""
+        self.r.delete(Keys.claim(job_id, index))
+
     def chunk_finished(self, job_id: str, index: int, *, rows_ok: int, rows_failed: int,
                        info: dict[str, Any], failed: bool = False) -> int:
         """Count a finished chunk once; return chunks finished so far, -1 if already counted, -2 if no job."""

@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import json
 import logging
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +28,8 @@ from hfqueue.worker.context import WorkerContext
 from hfqueue.worker.runner import RowResults
 
 logger = logging.getLogger(__name__)
+
+CLAIM_TTL = 30  # seconds: writing a part and counting it takes far less
 
 
 def spec_from_wire(raw: dict[str, Any]) -> JobSpec:
@@ -64,9 +70,12 @@ def complete(ctx: WorkerContext, job_id: str, spec: JobSpec, source: Source, chu
     failed = sorted(results.errors)
     errors = error_table([chunk.start + i for i in failed], [results.errors[i] for i in failed])
     table = result_table(tasks.get(spec.task), spec, source, chunk, rows, results)
-    if errors.num_rows:
-        write_error_part(out_dir, chunk.index, errors)  # before the result part: see sinks.local
-    write_part(out_dir, chunk.index, table)
+    with _claimed(ctx, job_id, chunk) as won:
+        if not won:
+            return {"chunk": chunk.index, "skipped": "another delivery finished it first"}
+        if errors.num_rows:
+            write_error_part(out_dir, chunk.index, errors)  # before the result part: see sinks.local
+        write_part(out_dir, chunk.index, table)
     return finish(ctx, job_id, chunk, rows_ok=table.num_rows, rows_failed=errors.num_rows,
                   info={"state": "done", **info})
 
@@ -112,9 +121,32 @@ def fail(ctx: WorkerContext, job_id: str, chunk: Chunk, error: tuple[str, str], 
     reason = f"{error[0]}: {error[1]}"
     logger.error("job %s chunk %d failed: %s", job_id, chunk.index, reason)
     rows = list(range(chunk.start, chunk.end))
-    write_error_part(out_dir, chunk.index, error_table(rows, [error] * len(rows)))
+    with _claimed(ctx, job_id, chunk) as won:
+        if not won:
+            return {"chunk": chunk.index, "skipped": "another delivery finished it first"}
+        write_error_part(out_dir, chunk.index, error_table(rows, [error] * len(rows)))
     return finish(ctx, job_id, chunk, rows_ok=0, rows_failed=chunk.rows, info={"state": "failed", "error": reason},
                   failed=True)
+
+
+@contextmanager
+def _claimed(ctx: WorkerContext, job_id: str, chunk: Chunk) -> Iterator[bool]:
+    """Whether this delivery won the right to write the chunk's outcome; a failed write gives it back."""
+    token = uuid.uuid4().hex
+    won = ctx.store.claim(job_id, chunk.index, token, ttl=CLAIM_TTL)
+    # The winner writes and counts within seconds; should it die first, its claim expires and we take over.
+    while not won and not ctx.store.is_counted(job_id, chunk.index):
+        time.sleep(0.5)
+        won = ctx.store.claim(job_id, chunk.index, token, ttl=CLAIM_TTL)
+    if not won:
+        logger.info("job %s chunk %d: another delivery wrote its outcome first; this one writes nothing",
+                    job_id, chunk.index)
+    try:
+        yield won
+    except BaseException:
+        if won:
+            ctx.store.release(job_id, chunk.index)
+        raise
 
 
 def finish(ctx: WorkerContext, job_id: str, chunk: Chunk, *, rows_ok: int, info: dict[str, Any],
