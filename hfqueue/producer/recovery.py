@@ -19,7 +19,7 @@ from hfqueue.errors import HfqError, JobNotFoundError
 from hfqueue.jobs import Chunk, JobSpec, JobState, Source
 from hfqueue.manifest import finalize, sync_manifest
 from hfqueue.producer.planner import Plan
-from hfqueue.sinks.local import (INPUTS, MANIFEST, chunk_on_disk, part_path, read_inputs, read_manifest,
+from hfqueue.sinks.local import (INPUTS, MANIFEST, chunk_on_disk, read_inputs, read_manifest,
                                  resolve_output_dir)
 
 if TYPE_CHECKING:
@@ -68,9 +68,8 @@ def resume(client: "Client", job_id: str, output_dir: str | None = None) -> Resu
         if found is None:
             missing.append(chunk)
         else:
-            store.chunk_finished(job_id, chunk.index, rows_ok=found[0], rows_failed=found[1],
-                                 info={"state": "done", "resumed": True},
-                                 failed=not part_path(folder, chunk.index).exists())
+            store.chunk_finished(job_id, chunk.index, rows_ok=found.rows_ok, rows_failed=found.rows_failed,
+                                 info={"state": "done", "resumed": True}, failed=found.failed_whole)
     if state in (JobState.FAILED, JobState.CANCELLED) and missing:
         store.transition(job_id, JobState.QUEUED, allowed_from=(state.value,), error="", finished_at="")
     if missing:

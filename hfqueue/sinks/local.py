@@ -17,7 +17,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -88,8 +88,16 @@ def part_rows(path: Path) -> int:
     return pq.ParquetFile(path).metadata.num_rows
 
 
-def chunk_on_disk(out_dir: Path, index: int, rows: int) -> tuple[int, int] | None:
-    """``(rows_ok, rows_failed)`` of chunk ``index`` (``rows`` rows) when it is finished on disk, else None.
+class OnDisk(NamedTuple):
+    """A chunk finished on disk: its rows that succeeded and failed, and whether it failed whole."""
+
+    rows_ok: int
+    rows_failed: int
+    failed_whole: bool
+
+
+def chunk_on_disk(out_dir: Path, index: int, rows: int) -> OnDisk | None:
+    """What chunk ``index`` (``rows`` rows) left on disk when it finished, else None.
 
     Finished means its result part exists (the error part, if any, was written before it), or, for a
     chunk that failed whole, an error part holding all its rows.
@@ -97,9 +105,9 @@ def chunk_on_disk(out_dir: Path, index: int, rows: int) -> tuple[int, int] | Non
     part, errors = part_path(out_dir, index), error_part_path(out_dir, index)
     failed = part_rows(errors) if errors.exists() else 0
     if part.exists():
-        return part_rows(part), failed
+        return OnDisk(part_rows(part), failed, failed_whole=False)
     if failed == rows:
-        return 0, failed
+        return OnDisk(0, failed, failed_whole=True)
     return None
 
 

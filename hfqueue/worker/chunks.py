@@ -23,7 +23,7 @@ from hfqueue import tasks
 from hfqueue.errors import HfqError
 from hfqueue.jobs import Chunk, JobSpec, JobState, Source
 from hfqueue.manifest import finalize, sync_manifest
-from hfqueue.sinks.local import ROW_INDEX, chunk_on_disk, error_table, part_path, write_error_part, write_part
+from hfqueue.sinks.local import ROW_INDEX, chunk_on_disk, error_table, write_error_part, write_part
 from hfqueue.worker.context import WorkerContext
 from hfqueue.worker.runner import RowResults
 
@@ -52,9 +52,8 @@ def begin(ctx: WorkerContext, job_id: str, chunk: Chunk, out_dir: Path, worker: 
         return None, {"skipped": str(state.value if state else "gone")}
     on_disk = chunk_on_disk(out_dir, chunk.index, chunk.rows)
     if on_disk is not None:
-        return None, finish(ctx, job_id, chunk, rows_ok=on_disk[0], rows_failed=on_disk[1],
-                            info={"state": "done", "redelivered": True},
-                            failed=not part_path(out_dir, chunk.index).exists())
+        return None, finish(ctx, job_id, chunk, rows_ok=on_disk.rows_ok, rows_failed=on_disk.rows_failed,
+                            info={"state": "done", "redelivered": True}, failed=on_disk.failed_whole)
     attempt = ctx.store.chunk_started(job_id, chunk.index, worker)
     ctx.store.transition(job_id, JobState.RUNNING, allowed_from=(JobState.QUEUED.value,), time_field="started_at")
     if attempt > ctx.settings.max_attempts:

@@ -1,8 +1,9 @@
 """The worker's own check of a chunk message's paths, before it reads or writes anything.
 
 The producer checked the same paths at submit, but the wire is not trusted: anyone who can write to
-Redis can forge a message. So the worker checks, against its own settings, that the message's model
-folder and source lie inside ``HFQ_INPUT_ROOTS`` and its output folder inside ``HFQ_OUTPUT_ROOT``. A
+Redis can forge a message. So the worker checks, against its own settings, that the message's source
+lies inside ``HFQ_INPUT_ROOTS`` and its output folder inside ``HFQ_OUTPUT_ROOT``; the model folder is
+checked where every way to a model passes, :meth:`WorkerContext.model`. A
 message that fails fails its whole job (every chunk would fail the same way) and nothing is written
 where it pointed: the reason goes to the job record and to the manifest in the job's recorded folder.
 """
@@ -27,7 +28,6 @@ def check_message(settings: Settings, message: dict[str, Any]) -> None:
     out_dir = paths.check_output_dir(settings.output_root, Path(message["output_dir"]).absolute())
     # A chunk writes its error part under errors/: a symlink there would lead the write out.
     paths.check_output_dir(settings.output_root, out_dir / ERRORS)
-    paths.check_model(str(message["spec"]["model"]), settings.input_roots)
     paths.check_source(Source(**message["source"]), settings.input_roots)
 
 

@@ -45,12 +45,12 @@ def address(url: str) -> str:
 
 def wait_for_redis(client: redis.Redis, where: str) -> None:
     """Block until Redis answers PING: a worker started before Redis waits instead of failing."""
-    started = last_log = time.monotonic()
+    started, last_log = time.monotonic(), float("-inf")
     while True:
         try:
             client.ping()
         except (redis.ConnectionError, redis.TimeoutError) as exc:
-            if time.monotonic() - last_log >= WAIT_LOG_EVERY or last_log == started:
+            if time.monotonic() - last_log >= WAIT_LOG_EVERY:
                 logger.warning("waiting for Redis at %s (%s); retrying every second", where, exc)
                 last_log = time.monotonic()
             time.sleep(1.0)
