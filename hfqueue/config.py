@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from hfqueue.errors import ConfigError
@@ -117,6 +117,22 @@ class Settings(BaseSettings):
         25, ge=0, description="Seconds between pings on idle Redis connections (0 turns them off)."
     )
     log_level: str = Field("INFO", description="Log level of `hfq` commands and workers.")
+    metrics_port: int = Field(
+        9464, ge=0, le=65535, description="Port each worker serves Prometheus metrics on (/metrics); give each worker "
+        "on one host its own; 0 turns metrics off."
+    )
+    metrics_address: str = Field(
+        "0.0.0.0", description="Address the worker's metrics endpoint listens on (127.0.0.1: this host only)."
+    )
+    flower_address: str = Field(
+        "127.0.0.1", description="Address `hfq flower` listens on (0.0.0.0: every interface; basic auth stays on)."
+    )
+    flower_port: int = Field(5555, gt=0, le=65535, description="Port `hfq flower` listens on.")
+    flower_user: str = Field("hfq", min_length=1, description="Flower's basic-auth user name.")
+    flower_password: SecretStr | None = Field(
+        None, description="Flower's basic-auth password; unset: one is generated on first use, kept in "
+        "STATE_DIR/flower-password and printed once."
+    )
 
     @field_validator("input_roots")
     @classmethod
@@ -150,6 +166,10 @@ class Settings(BaseSettings):
                 raise ValueError(
                     f"HFQ_{name.upper()} ({redact(url)}) must say how to check the server's certificate: add "
                     "?ssl_cert_reqs=required, and &ssl_ca_certs=/path/to/ca.pem when a private CA signed it")
+        if any(c in self.flower_user for c in ":,"):
+            raise ValueError(f"HFQ_FLOWER_USER may not hold ':' or ',' (Flower splits on them), got {self.flower_user!r}")
+        if self.flower_password is not None and "," in self.flower_password.get_secret_value():
+            raise ValueError("HFQ_FLOWER_PASSWORD may not hold ',' (Flower splits its credentials on it)")
         if self.device != "auto" and not (self.device in ("cpu", "cuda", "mps") or self.device.startswith("cuda:")):
             raise ValueError(f"HFQ_DEVICE must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
         return self

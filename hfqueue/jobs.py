@@ -241,6 +241,13 @@ class Keys:
         return f"{KEY_PREFIX}:reply:{request_id}"
 
     @staticmethod
+    def worker(name: str) -> str:
+        """String with a short TTL: a live worker's record (device, resident models, memory; see monitoring.presence)."""
+        return f"{KEY_PREFIX}:worker:{name}"
+
+    workers = f"{KEY_PREFIX}:workers"  # sorted set worker name -> last heartbeat; pruned by every heartbeat
+
+    @staticmethod
     def claim(job_id: str, index: int) -> str:
         """String with a short TTL: which delivery of a chunk writes its outcome (two may finish at once)."""
         return f"{KEY_PREFIX}:job:{job_id}:claim:{index}"

@@ -58,9 +58,10 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--json", action="store_true", help="print JSON")
         p.set_defaults(func=func)
 
-    p = sub.add_parser("status", help="show a job's state and progress")
+    p = sub.add_parser("status", help="show a job's progress: live on a terminal until the job ends, else once")
     p.add_argument("job_id")
     p.add_argument("--chunks", action="store_true", help="also show each chunk's state")
+    p.add_argument("--once", action="store_true", help="print the progress once, even on a terminal")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_status)
 
@@ -88,6 +89,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=20)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_jobs)
+
+    p = sub.add_parser("workers", help="list live workers: device, resident models, memory, metrics address")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_workers)
+
+    p = sub.add_parser("flower", help="serve the Flower dashboard for the configured broker, with basic auth")
+    p.add_argument("--address", help="listen address (default HFQ_FLOWER_ADDRESS)")
+    p.add_argument("--port", type=int, help="listen port (default HFQ_FLOWER_PORT)")
+    p.add_argument("--no-auth", action="store_true", help="no authentication (refused unless the address is loopback)")
+    p.set_defaults(func=_flower)
 
     p = sub.add_parser("worker", help="run a worker in the foreground (one model-serving process)")
     p.add_argument("--name", help="Celery node name (default hfq-PID@HOST)")
@@ -195,18 +206,22 @@ def _finish(status: JobStatus, as_json: bool) -> int:
 
 
 def _status(args: argparse.Namespace, settings: Settings) -> int:
+    from hfqueue.producer import views
+
     job = _client(settings).job(args.job_id)
-    status = job.status()
-    chunks = job.chunks() if args.chunks else None
+    if not args.json and not args.once and sys.stdout.isatty():
+        views.live_status(job)
+    status, chunks = job.status(), job.chunks()
     if args.json:
-        out = status.summary()
-        if chunks is not None:
+        out = views.status_json(status, chunks)
+        if args.chunks:
             out["chunk_states"] = {str(k): v for k, v in sorted(chunks.items())}
         print(json.dumps(out, indent=2))
         return 0
-    print(_describe(status))
-    for index, info in sorted((chunks or {}).items()):
-        print(f"  chunk {index}: {info.get('state')} {info.get('error', '')}".rstrip())
+    if args.once or not sys.stdout.isatty():  # the live view has drawn the final state already
+        print(views.status_text(status, chunks))
+    for index, info in sorted(chunks.items()) if args.chunks else ():
+        print(f"  chunk {index}: {info.get('state')} {info.get('worker', '')} {info.get('error', '')}".rstrip())
     return 0
 
 
@@ -235,15 +250,34 @@ def _resume(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _jobs(args: argparse.Namespace, settings: Settings) -> int:
+    from hfqueue.producer.views import jobs_table
+
     statuses = _client(settings).jobs(args.limit)
     if args.json:
         print(json.dumps([s.summary() for s in statuses], indent=2))
         return 0
-    print(f"{'JOB':24} {'STATE':22} {'ROWS':>15} {'ROWS/S':>8}  TASK / MODEL")
-    for s in statuses:
-        rows = f"{s.rows_done + s.rows_failed}/{s.rows_total}"
-        print(f"{s.job_id:24} {s.state.value:22} {rows:>15} {s.rows_per_second:8.1f}  {s.task} {s.model}")
+    _print(jobs_table(statuses, sys.stdout.isatty()))
     return 0
+
+
+def _workers(args: argparse.Namespace, settings: Settings) -> int:
+    from hfqueue.producer.views import workers_table
+
+    workers = _client(settings).live_workers()
+    if args.json:
+        print(json.dumps([w.model_dump(mode="json") for w in workers], indent=2))
+        return 0
+    _print(workers_table(workers, sys.stdout.isatty()) if workers else "no live workers")
+    return 0
+
+
+def _print(view: Any) -> None:
+    if isinstance(view, str):
+        print(view)
+        return
+    from rich.console import Console
+
+    Console().print(view)
 
 
 def _describe(s: JobStatus) -> str:
@@ -264,6 +298,14 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     from hfqueue.worker.app import run_worker
 
     run_worker(settings, name=args.name, loglevel=args.loglevel)
+    return 0
+
+
+def _flower(args: argparse.Namespace, settings: Settings) -> int:
+    from hfqueue.monitoring.flower import run_flower
+
+    run_flower(settings, address=args.address or settings.flower_address, port=args.port or settings.flower_port,
+               auth=not args.no_auth)
     return 0
 
 

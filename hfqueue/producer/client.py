@@ -18,6 +18,9 @@ from hfqueue.errors import (BrokerUnavailableError, HfqError, InvalidSpecError, 
                             WaitTimeoutError)
 from hfqueue.jobs import JobSpec, JobState, JobStatus, Keys, model_fields
 from hfqueue.manifest import sync_manifest
+from hfqueue.monitoring import presence
+from hfqueue.monitoring.flower import describe_chunk
+from hfqueue.monitoring.presence import WorkerInfo
 from hfqueue.producer.planner import Plan, messages, plan_job
 from hfqueue.sinks.local import INPUTS, MANIFEST, error_files, part_files, write_inputs
 from hfqueue.store import JobStore, redis_client
@@ -92,14 +95,16 @@ class Client:
             if message is None:
                 return
             entry = {"id": f"{job_id}:0", "inputs": message.pop("inputs"), "spec": model_fields(plan.spec),
-                     "job": message}
+                     "job": message, "sent_at": message["sent_at"]}
             self.store.r.rpush(Keys.requests(self.settings.queue), json.dumps(entry))
             return
         with self._celery.producer_or_acquire() as producer:
             for message in messages(plan, job_id, only):
-                # ignore_result: otherwise Celery subscribes this producer to a result channel per chunk, for ever
+                # ignore_result: otherwise Celery subscribes this producer to a result channel per chunk, for ever.
+                # argsrepr: what Flower shows instead of the message (which may carry inline rows).
                 self._celery.send_task(CHUNK_TASK, args=[message], queue=self.settings.queue, producer=producer,
-                                       ignore_result=True)
+                                       ignore_result=True, argsrepr=describe_chunk(message, len(plan.chunks)),
+                                       kwargsrepr="{}")
 
     def infer(self, task: str, inputs: list[Any], model: str | None = None, *, options: dict[str, Any] | None = None,
               timeout: float = 30.0, **fields: Any) -> list[dict[str, Any]]:
@@ -113,7 +118,7 @@ class Client:
         spec = _build_spec(None, {"task": task, "model": model, "inputs": inputs, "options": options or {}, **fields})
         request_id = secrets.token_hex(8)
         request = json.dumps({"id": request_id, "inputs": spec.inputs, "spec": model_fields(spec),
-                              "expires_at": time.time() + timeout})
+                              "sent_at": time.time(), "expires_at": time.time() + timeout})
         self.store.r.rpush(Keys.requests(self.settings.queue), request)
         reply = self.store.r.blpop([Keys.reply(request_id)], timeout=max(1, math.ceil(timeout)))
         if reply is None:
@@ -153,6 +158,10 @@ class Client:
         """Names of the workers that answer a ping within ``timeout`` seconds."""
         replies = self._celery.control.ping(timeout=timeout) or []
         return sorted(name for reply in replies for name in reply)
+
+    def live_workers(self) -> list[WorkerInfo]:
+        """The model-serving processes alive now, with device, resident models, memory and metrics address."""
+        return presence.live(self.store.r)
 
     def close(self) -> None:
         """Release Redis connections."""

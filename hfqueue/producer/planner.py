@@ -5,6 +5,7 @@ Everything that can fail here fails before anything is written or enqueued.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,7 +67,7 @@ def messages(plan: Plan, job_id: str, only: set[int] | None = None) -> Iterator[
             continue
         inline = plan.spec.inputs[chunk.start:chunk.end] if plan.spec.inputs is not None else None
         yield {"job_id": job_id, "chunk": chunk.model_dump(), "spec": spec, "source": plan.source.model_dump(),
-               "output_dir": str(plan.output_dir), "inputs": inline}
+               "output_dir": str(plan.output_dir), "inputs": inline, "sent_at": time.time()}
 
 
 def check_model(model: str, roots: Sequence[Path]) -> None:

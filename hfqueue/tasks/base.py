@@ -38,6 +38,7 @@ class LoadedModel:
     device: str
     revision: str | None
     extra: dict[str, Any] = field(default_factory=dict)
+    name: str = ""  # the model id or folder the job named (set by the cache; a metrics label)
 
 
 class TaskAdapter:

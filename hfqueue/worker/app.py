@@ -41,8 +41,8 @@ def run_worker(settings: Settings, *, name: str | None = None, loglevel: str | N
     url = broker_url(settings)
     preflight(settings, url)
     app = make_celery(settings, url)
-    tasks.register(app, settings, url)
     node = name or f"hfq-{os.getpid()}@{socket.gethostname()}"
+    tasks.register(app, settings, url, node)
     app.worker_main([
         "worker", "--pool=prefork", "--concurrency=1", f"--queues={settings.queue}",
         f"--hostname={node}", f"--loglevel={loglevel or settings.log_level}", "--without-mingle",

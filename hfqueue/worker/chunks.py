@@ -106,6 +106,23 @@ def _echo(values: list[Any], as_json: bool) -> pa.Array | None:
     return None
 
 
+def waited(ctx: WorkerContext, message: dict[str, Any], route: str) -> None:
+    """Tell the hooks how long the chunk or lane entry waited between its sending and now."""
+    spec = message.get("spec") or {}
+    if "sent_at" in message:
+        ctx.hooks.queue_wait(str(spec.get("task")), str(spec.get("model")), route=route,
+                             seconds=time.time() - float(message["sent_at"]))
+
+
+def observe(ctx: WorkerContext, spec: dict[str, Any], outcome: dict[str, Any]) -> None:
+    """Tell the hooks what became of a chunk, from the outcome this module returned for it."""
+    task, model = str(spec.get("task")), str(spec.get("model"))
+    if outcome.get("state") in ("done", "failed") and not outcome.get("redelivered"):
+        ctx.hooks.chunk_done(task, model, outcome=outcome["state"])
+    elif "failed" in outcome:  # the job failed as a whole (fail_job)
+        ctx.hooks.job_failed(task, model)
+
+
 def fail_job(ctx: WorkerContext, job_id: str, exc: HfqError) -> dict[str, Any]:
     """Every chunk of the job would fail the same way (the model does not load or fit, a path is refused):
     fail the job now."""

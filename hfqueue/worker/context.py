@@ -17,6 +17,7 @@ from hfqueue import paths, tasks
 from hfqueue.config import Settings
 from hfqueue.errors import InvalidSpecError, ModelLoadError
 from hfqueue.jobs import JobSpec
+from hfqueue.monitoring.hooks import Hooks
 from hfqueue.store import JobStore
 from hfqueue.tasks.base import LoadedModel
 from hfqueue.worker.batching import TokenBudget
@@ -35,6 +36,9 @@ class WorkerContext:
     budgets: OrderedDict[tuple[str, str, str], TokenBudget] = field(default_factory=OrderedDict)
     # Held around model loads and forward passes: chunks and client.infer requests share the models.
     lock: threading.Lock = field(default_factory=threading.Lock)
+    hooks: Hooks = field(default_factory=Hooks)  # observers of batches, loads and outcomes (metrics)
+    worker: str = "?"  # the Celery node name of this worker
+    metrics_url: str | None = None  # where this process serves Prometheus metrics, once it does
 
     def model(self, adapter: tasks.TaskAdapter, spec: JobSpec, device: str) -> LoadedModel:
         """The spec's model for ``adapter`` from the cache (loaded on a miss), once the worker allows it:
@@ -58,7 +62,9 @@ class WorkerContext:
         loaded = self.model(adapter, spec, device)
         results = infer_rows(adapter, loaded, rows, spec.options, max_batch_size=self.settings.max_batch_size,
                              max_batch_tokens=max_batch_tokens, max_length=self.settings.max_length,
-                             should_stop=should_stop, lock=self.lock, prefetch=self.settings.prefetch(device))
+                             should_stop=should_stop, lock=self.lock, prefetch=self.settings.prefetch(device),
+                             hooks=self.hooks)
+        self.hooks.rows_done(adapter.name, loaded.name, ok=len(rows) - len(results.errors), failed=len(results.errors))
         return loaded, results
 
     def budget(self, job_id: str, model: str, device: str) -> TokenBudget:

@@ -8,6 +8,7 @@ import logging
 import time
 from collections import OrderedDict
 
+from hfqueue.monitoring.hooks import Hooks
 from hfqueue.tasks.base import LoadedModel, TaskAdapter
 
 logger = logging.getLogger(__name__)
@@ -31,10 +32,16 @@ def resolve_device(device: str) -> str:
 class ModelCache:
     """A bounded least-recently-used cache of loaded models."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, hooks: Hooks | None = None) -> None:
         self.size = size
+        self.hooks = hooks or Hooks()
         self._models: OrderedDict[ModelKey, LoadedModel] = OrderedDict()
         self.loads = 0
+
+    def resident(self) -> list[dict[str, str | None]]:
+        """The resident models, least recently used first: task, model, revision, device, dtype, quantization."""
+        names = ("task", "model", "revision", "device", "dtype", "quantization")
+        return [dict(zip(names, key, strict=True)) for key in list(self._models)]
 
     def get(self, adapter: TaskAdapter, model: str, *, revision: str | None, device: str, dtype: str,
             quantization: str | None = None, trust_remote_code: bool = False) -> LoadedModel:
@@ -42,17 +49,23 @@ class ModelCache:
         key: ModelKey = (adapter.name, model, revision, device, dtype, quantization)
         if key in self._models:
             self._models.move_to_end(key)
+            self.hooks.cache_hit(adapter.name, model)
             return self._models[key]
         started = time.perf_counter()
         loaded = adapter.load(model, revision=revision, device=device, dtype=dtype, quantization=quantization,
                               trust_remote_code=trust_remote_code)
+        loaded.name = model
+        seconds = time.perf_counter() - started
         self.loads += 1
-        logger.info("loaded %s for %s on %s in %.1f s", model, adapter.name, device, time.perf_counter() - started)
+        logger.info("loaded %s for %s on %s in %.1f s", model, adapter.name, device, seconds)
+        self.hooks.model_loaded(adapter.name, model, seconds=seconds)
         self._models[key] = loaded
         while len(self._models) > self.size:
             old_key, _ = self._models.popitem(last=False)
             logger.info("evicted %s (%s) from the model cache", old_key[1], old_key[0])
+            self.hooks.model_evicted(old_key[0], old_key[1])
             free_device_memory(device)
+        self.hooks.models_resident(len(self._models))
         return loaded
 
 

@@ -8,6 +8,7 @@ need the outside world. Each failure says what to change.
 from __future__ import annotations
 
 import logging
+import socket
 import tempfile
 import time
 from urllib.parse import urlsplit
@@ -35,6 +36,7 @@ def preflight(settings: Settings, url: str) -> None:
     finally:
         client.close()
     check_output_root(settings)
+    check_metrics_port(settings)
 
 
 def address(url: str) -> str:
@@ -100,3 +102,18 @@ def check_output_root(settings: Settings) -> None:
         raise ConfigError(f"this worker cannot write under HFQ_OUTPUT_ROOT ({root.resolve()}): {exc}. Point "
                           "HFQ_OUTPUT_ROOT at a folder the worker's user can write (a volume shared with the "
                           "producers)", value=str(root)) from None
+
+
+def check_metrics_port(settings: Settings) -> None:
+    """The metrics port must be free now: the serving process binds it as it starts."""
+    if not settings.metrics_port:
+        return
+    family = socket.AF_INET6 if ":" in settings.metrics_address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the metrics server binds it
+        try:
+            probe.bind((settings.metrics_address, settings.metrics_port))
+        except OSError as exc:
+            raise ConfigError(f"cannot serve metrics on {settings.metrics_address}:{settings.metrics_port} ({exc}): "
+                              "another worker on this host uses HFQ_METRICS_PORT already? Give each worker its own "
+                              "port, or HFQ_METRICS_PORT=0 to serve none", value=settings.metrics_port) from None

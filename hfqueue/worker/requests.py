@@ -30,6 +30,7 @@ import numpy as np
 
 from hfqueue.errors import ModelLoadError
 from hfqueue.jobs import Chunk, Keys, Source
+from hfqueue.monitoring import presence
 from hfqueue.worker import chunks, guard
 from hfqueue.worker.batching import gather
 from hfqueue.worker.context import WorkerContext
@@ -58,16 +59,21 @@ def start(ctx: WorkerContext) -> Lane:
     """Start the heartbeat and serving threads of this process's end of the lane (daemon threads)."""
     lane = Lane(ctx.store.r, ctx.settings.queue, keep=ctx.settings.job_ttl)
     lane.heartbeat()
-    threading.Thread(target=_beat_forever, args=(lane,), name="hfq-heartbeat", daemon=True).start()
+    threading.Thread(target=_beat_forever, args=(ctx, lane), name="hfq-heartbeat", daemon=True).start()
     threading.Thread(target=serve_forever, args=(ctx, lane), name="hfq-requests", daemon=True).start()
     return lane
 
 
-def _beat_forever(lane: Lane) -> None:
-    # Its own thread: the serving thread may wait minutes for the model lock behind a long batch.
+def _beat_forever(ctx: WorkerContext, lane: Lane) -> None:
+    # Its own thread: the serving thread may wait minutes for the model lock behind a long batch. Each beat
+    # also says what this process holds, for `hfq workers`.
+    device, started = resolve_device(ctx.settings.device), time.time()
     while True:
         try:
             lane.heartbeat()
+            info = presence.this_process(ctx.worker, ctx.settings.queue, device, started, ctx.metrics_url,
+                                         ctx.models.resident())
+            presence.publish(ctx.store.r, info, keep=ctx.settings.job_ttl)
         except Exception:  # noqa: BLE001 - Redis may be restarting; the next beat retries
             logger.warning("request lane heartbeat failed", exc_info=True)
         time.sleep(HEARTBEAT_EVERY)
@@ -115,6 +121,8 @@ def _serve(ctx: WorkerContext, lane: Lane, device: str, group: list[Entry]) -> N
     live = [e for e in group if _admit(ctx, lane, e)]
     if not live:
         return
+    for entry in live:
+        chunks.waited(ctx, entry.body, "lane")
     rows = [row for e in live for row in e.body["inputs"]]
     started = time.perf_counter()
     try:
@@ -150,6 +158,8 @@ def _admit(ctx: WorkerContext, lane: Lane, entry: Entry) -> bool:
         if outcome is None:
             attempt, outcome = chunks.begin(ctx, job["job_id"], Chunk(**job["chunk"]), Path(job["output_dir"]),
                                             lane.consumer)
+        if outcome is not None:
+            chunks.observe(ctx, job["spec"], outcome)
         body["attempt"] = attempt
         run = outcome is None
     else:  # an infer request whose caller has given up is not worth running
@@ -161,9 +171,10 @@ def _admit(ctx: WorkerContext, lane: Lane, entry: Entry) -> bool:
 
 def _complete_job(ctx: WorkerContext, entry: Entry, results: RowResults, info: dict[str, Any]) -> None:
     job = entry.body["job"]
-    chunks.complete(ctx, job["job_id"], chunks.spec_from_wire(job["spec"]), Source(**job["source"]),
-                    Chunk(**job["chunk"]), entry.body["inputs"], results, Path(job["output_dir"]),
-                    {**info, "attempt": entry.body.get("attempt")})
+    outcome = chunks.complete(ctx, job["job_id"], chunks.spec_from_wire(job["spec"]), Source(**job["source"]),
+                              Chunk(**job["chunk"]), entry.body["inputs"], results, Path(job["output_dir"]),
+                              {**info, "attempt": entry.body.get("attempt")})
+    chunks.observe(ctx, job["spec"], outcome)
 
 
 def _fail_entry(ctx: WorkerContext, entry: Entry, exc: Exception) -> None:
@@ -173,10 +184,11 @@ def _fail_entry(ctx: WorkerContext, entry: Entry, exc: Exception) -> None:
         return
     job = entry.body["job"]
     if isinstance(exc, ModelLoadError):
-        chunks.fail_job(ctx, job["job_id"], exc)
+        outcome = chunks.fail_job(ctx, job["job_id"], exc)
     else:
-        chunks.fail(ctx, job["job_id"], Chunk(**job["chunk"]), (type(exc).__name__, str(exc)),
-                    Path(job["output_dir"]))
+        outcome = chunks.fail(ctx, job["job_id"], Chunk(**job["chunk"]), (type(exc).__name__, str(exc)),
+                              Path(job["output_dir"]))
+    chunks.observe(ctx, job["spec"], outcome)
 
 
 def _reply(ctx: WorkerContext, entry: Entry, outputs: list[Any], errors: dict[int, tuple[str, str]],

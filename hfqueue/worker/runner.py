@@ -11,6 +11,7 @@ whole job (the model does not fit the task) are raised, not isolated.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
@@ -20,6 +21,7 @@ from typing import Any
 from celery.exceptions import SoftTimeLimitExceeded
 
 from hfqueue.errors import HfqError, ModelLoadError
+from hfqueue.monitoring.hooks import Hooks
 from hfqueue.tasks.base import LoadedModel, TaskAdapter
 from hfqueue.worker.batching import TokenBudget, plan_batches
 from hfqueue.worker.models import free_device_memory
@@ -42,12 +44,14 @@ class RowResults:
 def infer_rows(adapter: TaskAdapter, loaded: LoadedModel, rows: list[Any], options: dict[str, Any], *,
                max_batch_size: int, max_batch_tokens: int | TokenBudget, max_length: int,
                should_stop: Callable[[], bool] = lambda: False,
-               lock: AbstractContextManager[Any] | None = None, prefetch: bool = False) -> RowResults:
+               lock: AbstractContextManager[Any] | None = None, prefetch: bool = False,
+               hooks: Hooks | None = None) -> RowResults:
     """Outputs for ``rows`` in their order, and the error of each row that failed.
 
     ``lock`` is held around each forward pass, so two threads sharing a model take turns batch by batch.
     With ``prefetch``, a helper thread pads the next batch and moves it to the device while the model
-    runs the current one (it pays where the forward pass does not need the CPU: on a GPU).
+    runs the current one (it pays where the forward pass does not need the CPU: on a GPU). ``hooks`` hear
+    of every forward pass and out-of-memory split.
 
     ``max_batch_tokens`` may be a :class:`TokenBudget` shared across chunks, which out-of-memory
     errors shrink. Raises :class:`BatchStopped` when ``should_stop()`` turns true at a batch
@@ -66,7 +70,7 @@ def infer_rows(adapter: TaskAdapter, loaded: LoadedModel, rows: list[Any], optio
                 if should_stop():
                     raise BatchStopped("stopped at a batch boundary")
                 _run(adapter, loaded, batch, features, options, results, budget, lengths, lock or nullcontext(),
-                     ready=collated.get(k))
+                     hooks or Hooks(), ready=collated.get(k))
                 ran.update(batch)
                 if budget.tokens != tokens:
                     break  # an out-of-memory error shrank the budget: plan the rest again under it
@@ -127,11 +131,13 @@ class _Collated:
 
 def _run(adapter: TaskAdapter, loaded: LoadedModel, index: list[int], features: list[Any],
          options: dict[str, Any], results: RowResults, budget: TokenBudget, lengths: dict[int, int],
-         lock: AbstractContextManager[Any], ready: Any = None) -> None:
+         lock: AbstractContextManager[Any], hooks: Hooks, ready: Any = None) -> None:
     try:
         batch = ready if ready is not None else adapter.collate(loaded, [features[i] for i in index])
         with lock:
+            started = time.perf_counter()
             outputs = adapter.forward(loaded, batch, options)
+            seconds = time.perf_counter() - started
         if len(outputs) != len(index):
             raise HfqError(f"task {adapter.name!r} returned {len(outputs)} outputs for {len(index)} inputs")
     except (ModelLoadError, SoftTimeLimitExceeded):  # the model or the chunk's time is at fault, not a row
@@ -141,15 +147,18 @@ def _run(adapter: TaskAdapter, loaded: LoadedModel, index: list[int], features: 
             free_device_memory(loaded.device)
             padded = max(lengths[i] for i in index) * len(index)
             budget.shrink(padded)
+            hooks.oom_split(adapter.name, loaded.name)
             logger.warning("out of memory on a batch of %d rows (%d padded tokens): splitting it; token budget "
                            "now %d", len(index), padded, budget.tokens)
         if len(index) == 1:
             results.errors[index[0]] = _describe(exc)
             return
         half = len(index) // 2
-        _run(adapter, loaded, index[:half], features, options, results, budget, lengths, lock)
-        _run(adapter, loaded, index[half:], features, options, results, budget, lengths, lock)
+        _run(adapter, loaded, index[:half], features, options, results, budget, lengths, lock, hooks)
+        _run(adapter, loaded, index[half:], features, options, results, budget, lengths, lock, hooks)
         return
+    hooks.batch_done(adapter.name, loaded.name, rows=len(index), real_tokens=sum(lengths[i] for i in index),
+                     padded_tokens=max(lengths[i] for i in index) * len(index), seconds=seconds)
     for i, out in zip(index, outputs, strict=True):
         results.outputs[i] = out
 

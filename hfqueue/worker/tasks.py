@@ -8,6 +8,7 @@ starts the request lane (:mod:`hfqueue.worker.requests`) as threads beside the c
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from hfqueue import sources
 from hfqueue.config import Settings
 from hfqueue.errors import HfqError, ModelLoadError
 from hfqueue.jobs import Chunk, JobState, Source
+from hfqueue.monitoring.metrics import PrometheusHooks
 from hfqueue.store import JobStore, redis_client
 from hfqueue.worker import chunks, guard
 from hfqueue.worker.app import CHUNK_TASK
@@ -31,23 +33,34 @@ logger = logging.getLogger(__name__)
 
 _settings: Settings | None = None
 _url: str | None = None
+_node = "?"
 _context: WorkerContext | None = None
 
 
-def register(app: Celery, settings: Settings, url: str) -> None:
+def register(app: Celery, settings: Settings, url: str, node: str) -> None:
     """Register the chunk task on ``app``; per-process state is created lazily in the serving process."""
-    global _settings, _url
-    _settings, _url = settings, url
+    global _settings, _url, _node
+    _settings, _url, _node = settings, url, node
     app.task(name=CHUNK_TASK, bind=True)(run_chunk)
-    worker_process_init.connect(_start_request_lane, weak=False)
+    worker_process_init.connect(_start_serving, weak=False)
 
 
-def _start_request_lane(**_: Any) -> None:
-    # In the serving child, as it starts: threads that answer client.infer requests and small jobs.
+def _start_serving(**_: Any) -> None:
+    # In the serving child, as it starts: the metrics endpoint, and the threads that answer client.infer
+    # requests and small jobs and publish this worker's presence.
     from hfqueue.worker.requests import start
 
     # Nothing slow here: this handler must return within worker_proc_alive_timeout (4 s).
-    start(context())
+    ctx = context()
+    if isinstance(ctx.hooks, PrometheusHooks) and ctx.settings.metrics_port:
+        try:
+            server = ctx.hooks.serve(ctx.settings.metrics_address, ctx.settings.metrics_port)
+            host = socket.gethostname() if ctx.settings.metrics_address in ("0.0.0.0", "::") \
+                else ctx.settings.metrics_address
+            ctx.metrics_url = f"http://{host}:{server.server_port}/metrics"
+        except OSError as exc:  # checked free at start-up; taken since: serve without metrics, loudly
+            logger.error("cannot serve metrics on port %d: %s", ctx.settings.metrics_port, exc)
+    start(ctx)
 
 
 def context() -> WorkerContext:
@@ -55,21 +68,32 @@ def context() -> WorkerContext:
     global _context
     if _context is None:
         assert _settings is not None and _url is not None, "register() was not called"
+        hooks = PrometheusHooks(_node, resolve_device(_settings.device))
         _context = WorkerContext(_settings, JobStore(redis_client(_url, _settings), _settings.job_ttl),
-                                 ModelCache(_settings.model_cache_size))
+                                 ModelCache(_settings.model_cache_size, hooks), hooks=hooks, worker=_node)
     return _context
 
 
 def run_chunk(self: Task, message: dict[str, Any]) -> dict[str, Any]:
-    """Run one chunk of a job and record its outcome. ``message`` is built by the producer's planner."""
+    """Run one chunk of a job and record its outcome. ``message`` is built by the producer's planner.
+
+    The returned summary (rows, rows failed, rows/s, attempt, worker) is what Flower shows as the result.
+    """
     ctx = context()
+    outcome = _run_chunk(ctx, self.request.hostname or "?", message)
+    chunks.observe(ctx, message.get("spec") or {}, outcome)
+    return outcome
+
+
+def _run_chunk(ctx: WorkerContext, hostname: str, message: dict[str, Any]) -> dict[str, Any]:
     refused = guard.refuse(ctx, message)  # before anything is read or written at the message's paths
     if refused is not None:
         return refused
     job_id, chunk, out_dir = message["job_id"], Chunk(**message["chunk"]), Path(message["output_dir"])
-    attempt, outcome = chunks.begin(ctx, job_id, chunk, out_dir, self.request.hostname or "?")
+    attempt, outcome = chunks.begin(ctx, job_id, chunk, out_dir, hostname)
     if outcome is not None:
         return outcome
+    chunks.waited(ctx, message, "chunk")
     started = time.perf_counter()
     try:
         spec = chunks.spec_from_wire(message["spec"])
@@ -97,5 +121,7 @@ def run_chunk(self: Task, message: dict[str, Any]) -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001 - any other error fails this chunk, never the worker
         logger.exception("job %s chunk %d raised", job_id, chunk.index)
         return chunks.fail(ctx, job_id, chunk, (type(exc).__name__, str(exc)), out_dir)
-    info = {"seconds": round(time.perf_counter() - started, 3), "attempt": attempt, "worker": self.request.hostname}
+    seconds = time.perf_counter() - started
+    info = {"seconds": round(seconds, 3), "rows_per_second": round(chunk.rows / seconds, 1) if seconds else None,
+            "attempt": attempt, "worker": hostname}
     return chunks.complete(ctx, job_id, spec, source, chunk, rows, results, out_dir, info)

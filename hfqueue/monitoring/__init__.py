@@ -1,0 +1,1 @@
+"""What operators see: worker hooks and Prometheus metrics, worker presence for ``hfq workers``, and Flower."""

@@ -1,0 +1,73 @@
+"""Hooks: what a worker tells observers as it serves (batches, model loads, chunk outcomes).
+
+The serving code calls one :class:`Hooks` object and never knows who listens. Metrics plug in as a
+subclass (:class:`~hfqueue.monitoring.metrics.PrometheusHooks`); :class:`SafeHooks` fans each call out to
+several hooks and logs one that raises instead of letting it fail a batch.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+class Hooks:
+    """The no-op base: override the calls you care about. ``task`` and ``model`` name the job's model."""
+
+    def batch_done(self, task: str, model: str, *, rows: int, real_tokens: int, padded_tokens: int,
+                   seconds: float) -> None:
+        """One forward pass ran ``rows`` rows of ``real_tokens`` tokens, padded to ``padded_tokens``."""
+
+    def oom_split(self, task: str, model: str) -> None:
+        """A batch ran out of device memory and was split."""
+
+    def rows_done(self, task: str, model: str, *, ok: int, failed: int) -> None:
+        """A set of rows (a chunk, or gathered lane entries) ran: ``ok`` gave outputs, ``failed`` went to errors."""
+
+    def queue_wait(self, task: str, model: str, *, route: str, seconds: float) -> None:
+        """Work waited ``seconds`` between its sending and its start; ``route`` is ``chunk`` or ``lane``."""
+
+    def chunk_done(self, task: str, model: str, *, outcome: str) -> None:
+        """A chunk's outcome was written: ``done`` or ``failed`` (every row to the error file)."""
+
+    def job_failed(self, task: str, model: str) -> None:
+        """A job failed as a whole (its model does not load or fit, a path is refused)."""
+
+    def model_loaded(self, task: str, model: str, *, seconds: float) -> None:
+        """A model was loaded into the cache in ``seconds``."""
+
+    def cache_hit(self, task: str, model: str) -> None:
+        """A model was found resident."""
+
+    def model_evicted(self, task: str, model: str) -> None:
+        """A model left the cache to make room."""
+
+    def models_resident(self, count: int) -> None:
+        """The cache now holds ``count`` models."""
+
+
+class SafeHooks(Hooks):
+    """Calls each of ``hooks`` in turn; one that raises is logged and skipped, never fatal."""
+
+    def __init__(self, hooks: Sequence[Hooks] = ()) -> None:
+        self.hooks = list(hooks)
+
+
+def _fan_out(name: str) -> Callable[..., None]:
+    def call(self: SafeHooks, *args: Any, **kwargs: Any) -> None:
+        for hook in self.hooks:
+            try:
+                getattr(hook, name)(*args, **kwargs)
+            except Exception:  # noqa: BLE001 - an observer must never take the work down
+                logger.warning("hook %s.%s failed", type(hook).__name__, name, exc_info=True)
+
+    call.__name__ = call.__qualname__ = name
+    call.__doc__ = getattr(Hooks, name).__doc__
+    return call
+
+
+for _name in [n for n, v in vars(Hooks).items() if callable(v) and not n.startswith("_")]:
+    setattr(SafeHooks, _name, _fan_out(_name))
