@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import SecretStr
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may reach the Hub
 
@@ -93,6 +94,9 @@ def settings_env(settings: Settings) -> dict[str, str]:
     """The environment that gives a child process (worker, hfq command) the same settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("HFQ_")}
     for name, value in settings.model_dump(mode="json").items():
+        secret = getattr(settings, name)
+        if isinstance(secret, SecretStr):  # JSON mode masks it
+            value = secret.get_secret_value()
         if value is not None:
             # pydantic-settings reads list (and other complex) values as JSON
             env[f"HFQ_{name.upper()}"] = (json.dumps(value) if isinstance(value, (list, dict))

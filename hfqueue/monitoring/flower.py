@@ -20,6 +20,10 @@ from hfqueue.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 PASSWORD_FILE = "flower-password"
+# Flower's chunk runtime histogram stops at 10 s by default; chunks run for minutes.
+RUNTIME_BUCKETS = "0.5,1,5,15,30,60,120,300,600,1200,1800,3600,7200"
+# The tasks page shows no arguments by default: ours are the readable description, and the result the summary.
+TASKS_COLUMNS = "name,args,state,result,received,runtime,worker,uuid"
 
 
 def describe_chunk(message: dict[str, Any], chunks_total: int) -> str:
@@ -80,10 +84,14 @@ def run_flower(settings: Settings, *, address: str, port: int, auth: bool = True
     app = make_celery(settings, broker_url(settings))
     # In-process arguments, not the command line: the password does not show in `ps`.
     argv = ["flower", f"--address={address}", f"--port={port}"]
+    for option, default in (("task_runtime_metric_buckets", RUNTIME_BUCKETS), ("tasks_columns", TASKS_COLUMNS)):
+        if f"FLOWER_{option.upper()}" not in os.environ:  # the operator's own choice wins
+            argv.append(f"--{option}={default}")
     where = f"http://{address}:{port}/"
     if auth:
         user, password, generated = credentials(settings)
         argv.append(f"--basic_auth={user}:{password}")
+        _metrics_behind_auth()
         if generated is not None:
             print(f"Flower at {where} — user {user!r}, password {password!r} (generated and kept in {generated}; "
                   "shown this once)", flush=True)
@@ -93,3 +101,18 @@ def run_flower(settings: Settings, *, address: str, port: int, auth: bool = True
     else:
         print(f"Flower at {where} — no authentication (loopback only)", flush=True)
     app.start(argv)
+
+
+def _metrics_behind_auth() -> None:
+    """Flower 2 serves /metrics (worker names, task counts) to anyone; with auth on, it asks for it there too.
+
+    Prometheus scrapes it with the same basic-auth credentials (deploy/prometheus/prometheus.yml).
+    /healthcheck stays open for load balancers and container health checks.
+    """
+    from flower.views import monitor
+    from tornado.web import authenticated
+
+    if not getattr(monitor.Metrics.get, "_hfq_auth", False):
+        get = authenticated(monitor.Metrics.get)
+        get._hfq_auth = True  # type: ignore[attr-defined]
+        monitor.Metrics.get = get  # type: ignore[method-assign]
