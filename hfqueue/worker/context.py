@@ -25,6 +25,22 @@ from hfqueue.worker.models import ModelCache
 from hfqueue.worker.runner import RowResults, infer_rows
 
 
+_imports = threading.Lock()
+
+
+def warm_imports() -> None:
+    """Finish importing transformers before this thread reads a dataset or loads a model.
+
+    datasets looks up ``transformers.PreTrainedTokenizerBase`` whenever transformers is in ``sys.modules``;
+    while the other serving thread (chunk task or request lane) is still importing it, the attribute is
+    missing and reading a chunk's rows fails. One thread imports, the other waits.
+    """
+    with _imports:
+        import transformers
+
+        transformers.PreTrainedTokenizerBase  # noqa: B018 - the lazy module imports it on access
+
+
 @dataclass
 class WorkerContext:
     """Per-process state of a worker's serving process."""

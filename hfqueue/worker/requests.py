@@ -33,7 +33,7 @@ from hfqueue.jobs import Chunk, Keys, Source
 from hfqueue.monitoring import presence
 from hfqueue.worker import chunks, guard
 from hfqueue.worker.batching import gather
-from hfqueue.worker.context import WorkerContext
+from hfqueue.worker.context import WorkerContext, warm_imports
 from hfqueue.worker.lane import HEARTBEAT_EVERY, SWEEP_EVERY, Lane
 from hfqueue.worker.models import resolve_device
 from hfqueue.worker.runner import RowResults
@@ -124,6 +124,7 @@ def _serve(ctx: WorkerContext, lane: Lane, device: str, group: list[Entry]) -> N
     for entry in live:
         chunks.waited(ctx, entry.body, "lane")
     rows = [row for e in live for row in e.body["inputs"]]
+    warm_imports()
     started = time.perf_counter()
     try:
         spec = chunks.spec_from_wire(live[0].body["spec"])

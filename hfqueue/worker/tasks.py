@@ -25,7 +25,7 @@ from hfqueue.monitoring.metrics import PrometheusHooks
 from hfqueue.store import JobStore, redis_client
 from hfqueue.worker import chunks, guard
 from hfqueue.worker.app import CHUNK_TASK
-from hfqueue.worker.context import WorkerContext
+from hfqueue.worker.context import WorkerContext, warm_imports
 from hfqueue.worker.models import ModelCache, resolve_device
 from hfqueue.worker.runner import BatchStopped
 
@@ -94,6 +94,7 @@ def _run_chunk(ctx: WorkerContext, hostname: str, message: dict[str, Any]) -> di
     if outcome is not None:
         return outcome
     chunks.waited(ctx, message, "chunk")
+    warm_imports()
     started = time.perf_counter()
     try:
         spec = chunks.spec_from_wire(message["spec"])

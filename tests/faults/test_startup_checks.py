@@ -4,6 +4,7 @@ matters, a Redis that evicts keys or drops idle connections, an output root it c
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -77,3 +78,19 @@ def test_an_output_root_the_worker_cannot_write_is_refused(settings: Settings, t
     # then it exits 2 naming HFQ_OUTPUT_ROOT
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "cannot write under HFQ_OUTPUT_ROOT" in proc.stderr
+
+
+def test_a_taken_metrics_port_is_refused(settings: Settings) -> None:
+    # given a port some other process listens on
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+
+        # when a worker is told to serve its metrics there
+        proc = start_worker(settings_env(settings.model_copy(update={"metrics_port": port,
+                                                                     "metrics_address": "127.0.0.1"})))
+
+    # then it exits 2 before serving, saying how to choose
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"cannot serve metrics on 127.0.0.1:{port}" in proc.stderr and "HFQ_METRICS_PORT=0" in proc.stderr

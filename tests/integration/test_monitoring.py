@@ -269,3 +269,49 @@ def test_flower_pages_in_a_real_browser(monitored: Monitored, slow_model: Path, 
     assert re.search(rf"job {job.id} · chunk \d of 6", page), page
     assert shot.stat().st_size > 10_000
     job.wait(timeout=120)
+
+
+def test_hfq_flower_generates_its_password_once_and_never_opens_its_api(settings: Settings, tmp_path: Path) -> None:
+    # given no password in the settings, a fresh state folder, and Flower's own "open API" switch set
+    env = {**settings_env(settings.model_copy(update={"state_dir": tmp_path / "state"})),
+           "FLOWER_UNAUTHENTICATED_API": "true"}
+    port = free_port()
+
+    # when `hfq flower` starts twice in a row
+    first = start_flower(env, port, tmp_path / "first.log")
+    password = (tmp_path / "state" / "flower-password").read_text().strip()
+    refused = requests.get(f"http://127.0.0.1:{port}/api/workers", timeout=10).status_code
+    allowed = requests.get(f"http://127.0.0.1:{port}/api/workers", auth=("hfq", password), timeout=10).status_code
+    first.terminate()
+    first.wait(30)
+    second = start_flower(env, port, tmp_path / "second.log")
+    second.terminate()
+    second.wait(30)
+
+    # then the first printed the generated password, kept readable by its owner only; the second did not
+    assert f"password {password!r} (generated" in (tmp_path / "first.log").read_text()
+    assert password not in (tmp_path / "second.log").read_text()
+    assert (tmp_path / "state" / "flower-password").stat().st_mode & 0o777 == 0o600
+    # and the API was refused without the password despite the switch
+    assert (refused, allowed) == (401, 200)
+    assert "ignoring FLOWER_UNAUTHENTICATED_API" in (tmp_path / "first.log").read_text()
+
+
+def test_hfq_flower_without_auth_only_on_loopback(settings: Settings, tmp_path: Path) -> None:
+    # given the settings, when Flower is asked for no authentication on every interface
+    env = settings_env(settings.model_copy(update={"state_dir": tmp_path / "state"}))
+    done = subprocess.run([sys.executable, "-m", "hfqueue", "flower", "--address", "0.0.0.0", "--no-auth"], env=env,
+                          capture_output=True, text=True, timeout=60)
+
+    # then it refuses, saying what to do
+    assert done.returncode == 2 and "may listen on loopback only" in done.stderr
+
+    # and on loopback it serves the pages, but its API stays closed (Flower opens it only with auth)
+    port = free_port()
+    flower = start_flower(env, port, tmp_path / "flower.log", "--no-auth")
+    try:
+        assert requests.get(f"http://127.0.0.1:{port}/workers", timeout=10).status_code == 200
+        assert requests.get(f"http://127.0.0.1:{port}/api/workers", timeout=10).status_code == 401
+    finally:
+        flower.terminate()
+        flower.wait(30)

@@ -1,0 +1,65 @@
+"""Hooks: observers hear what the worker does, and one that raises never takes the work down."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from hfqueue.monitoring.hooks import Hooks, SafeHooks
+from hfqueue.monitoring.metrics import PrometheusHooks
+
+pytestmark = pytest.mark.timeout(30)
+
+
+class Recorder(Hooks):
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, int]] = []
+
+    def batch_done(self, task: str, model: str, *, rows: int, real_tokens: int, padded_tokens: int,
+                   seconds: float) -> None:
+        self.calls.append((task, model, rows))
+
+
+class Broken(Hooks):
+    def batch_done(self, *args: object, **kwargs: object) -> None:
+        raise RuntimeError("observer bug")
+
+
+def test_a_hook_that_raises_is_logged_and_the_others_still_hear(caplog: pytest.LogCaptureFixture) -> None:
+    # given a broken hook before a working one
+    recorder = Recorder()
+    hooks = SafeHooks([Broken(), recorder])
+
+    # when a batch is reported
+    with caplog.at_level(logging.WARNING):
+        hooks.batch_done("t", "m", rows=3, real_tokens=10, padded_tokens=12, seconds=0.1)
+
+    # then the call did not raise, the failure was logged by name, and the working hook heard it
+    assert recorder.calls == [("t", "m", 3)]
+    assert "hook Broken.batch_done failed" in caplog.text
+
+
+def test_every_hook_has_a_safe_fan_out() -> None:
+    # given the hook calls of the base, then SafeHooks overrides each of them
+    names = [n for n, v in vars(Hooks).items() if callable(v) and not n.startswith("_")]
+    assert len(names) >= 10 and all(n in vars(SafeHooks) for n in names)
+
+
+def test_prometheus_hooks_count_a_batch_with_bounded_labels() -> None:
+    # given a registry of a worker named w1
+    hooks = PrometheusHooks("w1", "cpu")
+
+    # when two batches of one model run
+    hooks.batch_done("fill-mask", "m", rows=4, real_tokens=30, padded_tokens=40, seconds=0.2)
+    hooks.batch_done("fill-mask", "m", rows=2, real_tokens=20, padded_tokens=20, seconds=0.1)
+    text = hooks.exposition().decode()
+
+    # then tokens, batches and the efficiency histogram say so, labelled by task, model and worker only
+    labels = 'model="m",task="fill-mask",worker="w1"'
+    assert f'hfq_tokens_total{{kind="real",{labels}}} 50.0' in text
+    assert f'hfq_tokens_total{{kind="padded",{labels}}} 60.0' in text
+    assert f"hfq_batches_total{{{labels}}} 2.0" in text
+    assert f'hfq_batch_padding_efficiency_bucket{{le="0.8",{labels}}} 1.0' in text  # 0.75 and 1.0
+    assert f"hfq_batch_rows_sum{{{labels}}} 6.0" in text
+    assert "_created" not in text and "process_resident_memory_bytes" in text
