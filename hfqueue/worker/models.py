@@ -36,12 +36,13 @@ class ModelCache:
         self.size = size
         self.hooks = hooks or Hooks()
         self._models: OrderedDict[ModelKey, LoadedModel] = OrderedDict()
+        self._keys: tuple[ModelKey, ...] = ()  # replaced whole on change: other threads read it without the lock
         self.loads = 0
 
     def resident(self) -> list[dict[str, str | None]]:
-        """The resident models, least recently used first: task, model, revision, device, dtype, quantization."""
+        """The resident models, oldest load first: task, model, revision, device, dtype, quantization."""
         names = ("task", "model", "revision", "device", "dtype", "quantization")
-        return [dict(zip(names, key, strict=True)) for key in list(self._models)]
+        return [dict(zip(names, key, strict=True)) for key in self._keys]
 
     def get(self, adapter: TaskAdapter, model: str, *, revision: str | None, device: str, dtype: str,
             quantization: str | None = None, trust_remote_code: bool = False) -> LoadedModel:
@@ -65,6 +66,7 @@ class ModelCache:
             logger.info("evicted %s (%s) from the model cache", old_key[1], old_key[0])
             self.hooks.model_evicted(old_key[0], old_key[1])
             free_device_memory(device)
+        self._keys = tuple(self._models)
         self.hooks.models_resident(len(self._models))
         return loaded
 

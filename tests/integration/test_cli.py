@@ -39,7 +39,8 @@ def test_submit_wait_status_cancel(worker, settings, classifier: Path, texts: li
     assert waited.returncode == 0, waited.stderr
     assert json.loads(waited.stdout)["rows_done"] == 12
     shown = hfq("status", job_id, env=env)
-    assert f"job {job_id}: completed" in shown.stdout and "12 done, 0 failed, 12 total" in shown.stdout
+    assert f"job {job_id}: completed" in shown.stdout and "100%  12/12 rows" in shown.stdout
+    assert "errors 0 rows" in shown.stdout and "chunks: 0 queued · 0 running · 1 done · 0 failed" in shown.stdout
     assert job_id in hfq("jobs", env=env).stdout
     # and cancelling a finished job changes nothing
     cancelled = hfq("cancel", job_id, "--json", env=env)
