@@ -167,7 +167,8 @@ class Settings(BaseSettings):
                     f"HFQ_{name.upper()} ({redact(url)}) must say how to check the server's certificate: add "
                     "?ssl_cert_reqs=required, and &ssl_ca_certs=/path/to/ca.pem when a private CA signed it")
         if any(c in self.flower_user for c in ":,"):
-            raise ValueError(f"HFQ_FLOWER_USER may not hold ':' or ',' (Flower splits on them), got {self.flower_user!r}")
+            raise ValueError(f"HFQ_FLOWER_USER may not hold ':' or ',' (Flower splits on them), "
+                             f"got {self.flower_user!r}")
         if self.flower_password is not None and "," in self.flower_password.get_secret_value():
             raise ValueError("HFQ_FLOWER_PASSWORD may not hold ',' (Flower splits its credentials on it)")
         if self.device != "auto" and not (self.device in ("cpu", "cuda", "mps") or self.device.startswith("cuda:")):

@@ -60,7 +60,7 @@ def publish(r: redis.Redis, info: WorkerInfo, *, keep: int) -> None:
 
 def live(r: redis.Redis) -> list[WorkerInfo]:
     """The workers whose record has not expired, by name."""
-    names = sorted(r.zrangebyscore(Keys.workers, time.time() - PRESENCE_TTL, "+inf"))
+    names = sorted(str(n) for n in r.zrangebyscore(Keys.workers, time.time() - PRESENCE_TTL, "+inf"))
     records = r.mget([Keys.worker(n) for n in names]) if names else []
     return [WorkerInfo.model_validate_json(raw) for raw in records if raw]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from hfqueue.jobs import JobStatus
@@ -101,7 +102,7 @@ def workers_table(workers: list[WorkerInfo], terminal: bool) -> str | Any:
     return _table(header, rows, terminal)
 
 
-def _table(header: tuple[str, ...], rows: list[tuple[str, ...]], terminal: bool) -> str | Any:
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], terminal: bool) -> str | Any:
     if terminal:
         from rich.table import Table
 
