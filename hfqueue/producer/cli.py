@@ -192,16 +192,16 @@ def _submit(args: argparse.Namespace, settings: Settings) -> int:
 def _run(args: argparse.Namespace, settings: Settings) -> int:
     job = _client(settings).submit(**_spec_fields(args))
     print(f"submitted job {job.id}", file=sys.stderr)
-    return _finish(job.wait(args.timeout, progress=sys.stderr.isatty()), args.json)
+    return _finish(job, job.wait(args.timeout, progress=sys.stderr.isatty()), args.json)
 
 
 def _wait(args: argparse.Namespace, settings: Settings) -> int:
     job = _client(settings).job(args.job_id)
-    return _finish(job.wait(args.timeout, progress=not args.no_progress and sys.stderr.isatty()), args.json)
+    return _finish(job, job.wait(args.timeout, progress=not args.no_progress and sys.stderr.isatty()), args.json)
 
 
-def _finish(status: JobStatus, as_json: bool) -> int:
-    print(json.dumps(status.summary(), indent=2) if as_json else _describe(status))
+def _finish(job: Any, status: JobStatus, as_json: bool) -> int:
+    print(json.dumps(status.summary(), indent=2) if as_json else _describe(job, status))
     return EXIT_PARTIAL if status.state == JobState.COMPLETED_WITH_ERRORS else 0
 
 
@@ -226,8 +226,9 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cancel(args: argparse.Namespace, settings: Settings) -> int:
-    status = _client(settings).job(args.job_id).cancel()
-    print(json.dumps(status.summary(), indent=2) if args.json else _describe(status))
+    job = _client(settings).job(args.job_id)
+    status = job.cancel()
+    print(json.dumps(status.summary(), indent=2) if args.json else _describe(job, status))
     return 0
 
 
@@ -238,14 +239,15 @@ def _resume(args: argparse.Namespace, settings: Settings) -> int:
 
     client = _client(settings)
     report = resume(client, args.job_id, args.output_dir)
-    status = client.job(report.job_id).status()
+    job = client.job(report.job_id)
+    status = job.status()
     if args.json:
         print(json.dumps({**asdict(report), "state": report.state.value, "status": status.summary()}, indent=2))
         return 0
     how = "rebuilt from its output folder, " if report.rebuilt else ""
     print(f"resumed job {report.job_id}: {how}{report.chunks_on_disk} of {report.chunks_total} chunks already on "
           f"disk, {report.chunks_enqueued} sent again")
-    print(_describe(status))
+    print(_describe(job, status))
     return 0
 
 
@@ -280,18 +282,10 @@ def _print(view: Any) -> None:
     Console().print(view)
 
 
-def _describe(s: JobStatus) -> str:
-    eta = "" if s.eta_seconds in (None, 0.0) else f", ETA {s.eta_seconds:.0f} s"
-    lines = [
-        f"job {s.job_id}: {s.state.value}",
-        f"  rows: {s.rows_done} done, {s.rows_failed} failed, {s.rows_total} total "
-        f"({s.rows_per_second:.1f} rows/s over {s.elapsed:.1f} s{eta})",
-        f"  chunks: {s.chunks_done}/{s.chunks_total} finished, {s.chunks_failed} failed",
-        f"  output: {s.output_dir}",
-    ]
-    if s.error:
-        lines.append(f"  error: {s.error}")
-    return "\n".join(lines)
+def _describe(job: Any, status: JobStatus) -> str:
+    from hfqueue.producer.views import status_text
+
+    return status_text(status, job.chunks())
 
 
 def _worker(args: argparse.Namespace, settings: Settings) -> int:
