@@ -120,25 +120,30 @@ def test_metrics_move_by_the_rows_a_job_ran(monitored: Monitored, slow_model: Pa
 
 
 def test_flower_lists_the_worker_and_readable_chunk_tasks(monitored: Monitored, slow_model: Path) -> None:
-    # given a job of 6 chunks
+    # given a job of 15 chunks (about 6 s of work), running
     m = monitored
-    job = slow_job(m, slow_model)
+    job = slow_job(m, slow_model, rows=240)
+    wait_until(lambda: any(c.get("state") == "running" for c in job.chunks().values()), 30, "a running chunk")
+
+    def chunk_tasks() -> list[dict]:
+        return [t for t in m.flower(f"/api/tasks?taskname={CHUNK_TASK}").json().values()
+                if f"job {job.id} " in (t["args"] or "")]
+
+    # when Flower's API is asked, with the credentials, while the job runs and once it has ended
+    assert m.worker_name in wait_until(lambda: m.flower("/api/workers?refresh=1").json(), 30, "workers")
+    running = wait_until(lambda: len(chunk_tasks()) == 15 and chunk_tasks(), 30, "the job's 15 chunk tasks")
     job.wait(timeout=120)
+    tasks = wait_until(lambda: all(t["state"] == "SUCCESS" for t in chunk_tasks()) and chunk_tasks(), 30,
+                       "15 finished chunk tasks")
 
-    # when Flower's API is asked, with the credentials, for the workers and the job's tasks
-    wait_until(lambda: m.worker_name in m.flower("/api/workers?refresh=1").json(), 30, "the worker in Flower")
-
-    def finished_chunks() -> list[dict]:
-        found = [t for t in m.flower(f"/api/tasks?taskname={CHUNK_TASK}").json().values()
-                 if f"job {job.id} " in (t["args"] or "")]
-        return found if len(found) == 6 and all(t["state"] == "SUCCESS" for t in found) else []
-
-    tasks = wait_until(finished_chunks, 30, "six finished chunk tasks")
-
-    # then each chunk task reads as job, chunk k of 6, rows, task and model, with a result summary
-    assert isinstance(tasks, list) and len(tasks) == 6
+    # then mid-job Flower already listed every chunk, the first ones started or done and the rest queued
+    assert isinstance(running, list) and {t["state"] for t in running} <= {"PENDING", "RECEIVED", "STARTED",
+                                                                            "SUCCESS"}
+    assert any(t["state"] == "PENDING" for t in running)
+    # and each chunk task reads as job, chunk k of 15, rows, task and model, with a result summary
+    assert isinstance(tasks, list) and len(tasks) == 15
     described = sorted(t["args"] for t in tasks)
-    assert described[0] == f"job {job.id} · chunk 0 of 6 · rows 0-15 (16) · feature-extraction · {slow_model}"
+    assert described[0] == f"job {job.id} · chunk 0 of 15 · rows 0-15 (16) · feature-extraction · {slow_model}"
     for t in tasks:
         assert t["worker"] == m.worker_name and t["runtime"] > 0 and t["kwargs"] == "{}"
         assert "'rows': 16" in t["result"] and "'rows_failed': 0" in t["result"] and "rows_per_second" in t["result"]
