@@ -246,6 +246,8 @@ def celery_config(settings: Settings, broker_url: str) -> dict[str, Any]:
         # chunk held by a SIGKILLed worker comes back within 1.1 visibility timeouts.
         "unacked_restore_interval": max(1, min(60, settings.visibility_timeout // 10)),
         "unacked_restore_throttle": 1,
+        # Poll a worker's queues in the order it names them (hfq.high, hfq, hfq.low), not round robin: priorities.
+        "queue_order_strategy": "priority",
     }
     return {
         "broker_url": broker_url,

@@ -349,6 +349,12 @@ def ensure_running(state_dir: Path, *, timeout: float = 10.0) -> str:
         return str(state["url"])
 
 
+def running_url(state_dir: Path) -> str | None:
+    """URL of the embedded redis-server under ``state_dir`` when one serves, else None; starts nothing."""
+    state = _read_state(Path(state_dir).expanduser().resolve() / "redis")
+    return str(state["url"]) if state is not None and _serving(state) else None
+
+
 def stop_embedded(state_dir: Path, timeout: float = 10.0) -> bool:
     """Stop the embedded server (SHUTDOWN, keeping its append-only file); remove ``server.json``.
 

@@ -64,6 +64,8 @@ class JobSpec(BaseModel):
     quantization: Literal["8bit", "4bit"] | None = Field(
         None, description="Load weights quantized with bitsandbytes (CUDA workers with bitsandbytes only).")
     trust_remote_code: bool = Field(False, description="Run code shipped with the model (worker must allow it).")
+    priority: Literal["high", "normal", "low"] = Field(
+        "normal", description="Queued chunks of higher priority run first (strict: low runs when nothing else waits).")
 
     @field_validator("task")
     @classmethod
@@ -93,7 +95,22 @@ class JobSpec(BaseModel):
 
 # Fields that say where a job's rows come from and go to; the rest decide how the model runs.
 JOB_ONLY_FIELDS = frozenset({"inputs", "output_dir", "dataset", "dataset_config", "split", "dataset_revision",
-                             "column", "columns", "chunk_size"})
+                             "column", "columns", "chunk_size", "priority"})
+
+PRIORITIES = ("high", "normal", "low")  # in the order workers take from their queues
+
+
+def priority_queue(queue: str, priority: str) -> str:
+    """The Celery queue of ``priority`` for base queue ``queue``: ``hfq.high``, ``hfq``, ``hfq.low``.
+
+    Workers consume all three in that order (kombu's ``priority`` queue order), so a queued high chunk is
+    taken before any normal one. Separate queues rather than Redis message priorities keep the normal
+    queue a plain list of the configured name, which KEDA and operators can watch.
+
+    >>> [priority_queue("hfq", p) for p in PRIORITIES]
+    ['hfq.high', 'hfq', 'hfq.low']
+    """
+    return queue if priority == "normal" else f"{queue}.{priority}"
 
 
 def model_fields(spec: JobSpec) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from typing import Any
 import redis
 from pydantic import BaseModel
 
+from hfqueue.config import Settings
 from hfqueue.jobs import Keys
 
 PRESENCE_TTL = 10  # seconds a worker record outlives its last heartbeat
@@ -72,3 +73,28 @@ def _rss_bytes() -> int | None:
             return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return None
+
+
+def health(settings: Settings, *, worker: bool, timeout: float) -> tuple[bool, str]:
+    """Whether Redis answers within ``timeout`` seconds (and, with ``worker``, a serving process of this host has
+    published its record), with the reason. Never starts the embedded redis-server."""
+    from hfqueue.embedded import running_url
+    from hfqueue.worker.preflight import address
+
+    url = settings.broker_url or running_url(settings.state_dir)
+    if url is None:
+        return False, f"HFQ_BROKER_URL is unset and no embedded redis-server runs under {settings.state_dir}"
+    r = redis.Redis.from_url(url, decode_responses=True, socket_timeout=timeout, socket_connect_timeout=timeout)
+    try:
+        r.ping()
+        if not worker:
+            return True, f"Redis at {address(url)} answers"
+        host = socket.gethostname()
+        mine = [w.name for w in live(r) if w.host == host]
+        if not mine:
+            return False, f"Redis at {address(url)} answers, but no worker on {host} has reported in {PRESENCE_TTL} s"
+        return True, f"Redis at {address(url)} answers; live on {host}: {', '.join(mine)}"
+    except redis.RedisError as exc:
+        return False, f"Redis at {address(url)} does not answer: {exc}"
+    finally:
+        r.close()

@@ -103,7 +103,15 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("worker", help="run a worker in the foreground (one model-serving process)")
     p.add_argument("--name", help="Celery node name (default hfq-PID@HOST)")
     p.add_argument("--loglevel", help="log level (default HFQ_LOG_LEVEL)")
+    p.add_argument("--gpus", help="one worker per GPU, each pinned to its GPU and restarted if it dies: `all`, or "
+                   "indexes / UUIDs such as 0,1 (metrics on HFQ_METRICS_PORT, +1, +2, ...)")
     p.set_defaults(func=_worker)
+
+    p = sub.add_parser("health", help="exit 0 when Redis answers (and, with --worker, a worker on this host is "
+                       "alive), else 1 with the reason: for container health checks")
+    p.add_argument("--worker", action="store_true", help="also require a live serving process on this host")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for Redis (default 5)")
+    p.set_defaults(func=_health)
 
     p = sub.add_parser("down", help="stop the embedded redis-server (its data stays in the state folder)")
     p.set_defaults(func=_down)
@@ -134,6 +142,8 @@ def _spec_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chunk-size", type=int, help="rows per chunk (default: HFQ_CHUNK_SIZE)")
     p.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"])
     p.add_argument("--quantization", choices=["8bit", "4bit"], help="load weights quantized (CUDA workers only)")
+    p.add_argument("--priority", choices=["high", "normal", "low"], help="queued chunks of higher priority run first "
+                   "(default normal)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="task option, e.g. pooling=cls or normalize=true (repeat for more)")
 
@@ -141,7 +151,7 @@ def _spec_arguments(p: argparse.ArgumentParser) -> None:
 def _spec_fields(args: argparse.Namespace) -> dict[str, Any]:
     fields: dict[str, Any] = {k: getattr(args, k) for k in (
         "task", "model", "revision", "dataset_config", "split", "dataset_revision", "column", "output_dir",
-        "chunk_size", "dtype", "quantization") if getattr(args, k) is not None}
+        "chunk_size", "dtype", "quantization", "priority") if getattr(args, k) is not None}
     if args.columns:
         fields["columns"] = dict(_pair(c, "--columns") for c in args.columns)
     if args.dataset:
@@ -289,10 +299,22 @@ def _describe(job: Any, status: JobStatus) -> str:
 
 
 def _worker(args: argparse.Namespace, settings: Settings) -> int:
+    if args.gpus:
+        from hfqueue.worker.supervisor import Supervisor, parse_gpus
+
+        return Supervisor(settings, parse_gpus(args.gpus), args.name, args.loglevel).run()
     from hfqueue.worker.app import run_worker
 
     run_worker(settings, name=args.name, loglevel=args.loglevel)
     return 0
+
+
+def _health(args: argparse.Namespace, settings: Settings) -> int:
+    from hfqueue.monitoring.presence import health
+
+    healthy, reason = health(settings, worker=args.worker, timeout=args.timeout)
+    print(("healthy: " if healthy else "unhealthy: ") + reason, file=sys.stdout if healthy else sys.stderr)
+    return 0 if healthy else 1
 
 
 def _flower(args: argparse.Namespace, settings: Settings) -> int:

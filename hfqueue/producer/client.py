@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from hfqueue.config import Settings, load_settings
 from hfqueue.errors import (BrokerUnavailableError, HfqError, InvalidSpecError, JobCancelledError, JobFailedError,
                             WaitTimeoutError)
-from hfqueue.jobs import JobSpec, JobState, JobStatus, Keys, model_fields
+from hfqueue.jobs import JobSpec, JobState, JobStatus, Keys, model_fields, priority_queue
 from hfqueue.manifest import sync_manifest
 from hfqueue.monitoring import presence
 from hfqueue.monitoring.flower import describe_chunk
@@ -98,11 +98,12 @@ class Client:
                      "job": message, "sent_at": message["sent_at"]}
             self.store.r.rpush(Keys.requests(self.settings.queue), json.dumps(entry))
             return
+        queue = priority_queue(self.settings.queue, plan.spec.priority)
         with self._celery.producer_or_acquire() as producer:
             for message in messages(plan, job_id, only):
                 # ignore_result: otherwise Celery subscribes this producer to a result channel per chunk, for ever.
                 # argsrepr: what Flower shows instead of the message (which may carry inline rows).
-                self._celery.send_task(CHUNK_TASK, args=[message], queue=self.settings.queue, producer=producer,
+                self._celery.send_task(CHUNK_TASK, args=[message], queue=queue, producer=producer,
                                        ignore_result=True, argsrepr=describe_chunk(message, len(plan.chunks)),
                                        kwargsrepr="{}")
 

@@ -10,6 +10,7 @@ from celery import Celery
 
 from hfqueue import embedded
 from hfqueue.config import Settings, celery_config
+from hfqueue.jobs import PRIORITIES, priority_queue
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +45,8 @@ def run_worker(settings: Settings, *, name: str | None = None, loglevel: str | N
     node = name or f"hfq-{os.getpid()}@{socket.gethostname()}"
     tasks.register(app, settings, url, node)
     app.worker_main([
-        "worker", "--pool=prefork", "--concurrency=1", f"--queues={settings.queue}",
+        "worker", "--pool=prefork", "--concurrency=1",
+        f"--queues={','.join(priority_queue(settings.queue, p) for p in PRIORITIES)}",
         f"--hostname={node}", f"--loglevel={loglevel or settings.log_level}", "--without-mingle",
         "--without-gossip", "--task-events",
     ])
