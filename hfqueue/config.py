@@ -117,6 +117,10 @@ class Settings(BaseSettings):
         25, ge=0, description="Seconds between pings on idle Redis connections (0 turns them off)."
     )
     log_level: str = Field("INFO", description="Log level of `hfq` commands and workers.")
+    affinity_chunks: int = Field(
+        2, ge=0, description="Chunks of a job sent straight to each live worker that already holds its model (counting "
+        "what already waits for that worker); the rest go to the shared queue. 0 turns model affinity off."
+    )
     metrics_port: int = Field(
         9464, ge=0, le=65535, description="Port each worker serves Prometheus metrics on (/metrics); give each worker "
         "on one host its own; 0 turns metrics off."

@@ -265,6 +265,12 @@ class Keys:
     workers = f"{KEY_PREFIX}:workers"  # sorted set worker name -> last heartbeat; pruned by every heartbeat
 
     @staticmethod
+    def affinity(queue: str) -> str:
+        """Sorted set: workers of ``queue`` with chunk queues of their own -> last heartbeat (see hfqueue.routing;
+        dead ones are swept and dropped by the live ones; expires HFQ_JOB_TTL after the last heartbeat)."""
+        return f"{KEY_PREFIX}:affinity:{queue}"
+
+    @staticmethod
     def claim(job_id: str, index: int) -> str:
         """String with a short TTL: which delivery of a chunk writes its outcome (two may finish at once)."""
         return f"{KEY_PREFIX}:job:{job_id}:claim:{index}"

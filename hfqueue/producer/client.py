@@ -16,12 +16,13 @@ from pydantic import ValidationError
 from hfqueue.config import Settings, load_settings
 from hfqueue.errors import (BrokerUnavailableError, HfqError, InvalidSpecError, JobCancelledError, JobFailedError,
                             WaitTimeoutError)
-from hfqueue.jobs import JobSpec, JobState, JobStatus, Keys, model_fields, priority_queue
+from hfqueue.jobs import JobSpec, JobState, JobStatus, Keys, model_fields
 from hfqueue.manifest import sync_manifest
 from hfqueue.monitoring import presence
 from hfqueue.monitoring.flower import describe_chunk
 from hfqueue.monitoring.presence import WorkerInfo
 from hfqueue.producer.planner import Plan, messages, plan_job
+from hfqueue.routing import route
 from hfqueue.sinks.local import INPUTS, MANIFEST, error_files, part_files, write_inputs
 from hfqueue.store import JobStore, redis_client
 from hfqueue.worker.app import CHUNK_TASK, broker_url, make_celery
@@ -98,9 +99,11 @@ class Client:
                      "job": message, "sent_at": message["sent_at"]}
             self.store.r.rpush(Keys.requests(self.settings.queue), json.dumps(entry))
             return
-        queue = priority_queue(self.settings.queue, plan.spec.priority)
+        outgoing = list(messages(plan, job_id, only))
+        # Workers that hold the model get the first chunks (hfqueue.routing); the rest go to the shared queue.
+        queues = route(self.store.r, self.settings.queue, plan.spec, len(outgoing), self.settings.affinity_chunks)
         with self._celery.producer_or_acquire() as producer:
-            for message in messages(plan, job_id, only):
+            for message, queue in zip(outgoing, queues, strict=True):
                 # ignore_result: otherwise Celery subscribes this producer to a result channel per chunk, for ever.
                 # argsrepr: what Flower shows instead of the message (which may carry inline rows).
                 self._celery.send_task(CHUNK_TASK, args=[message], queue=queue, producer=producer,

@@ -7,10 +7,11 @@ import os
 import socket
 
 from celery import Celery
+from celery.signals import worker_shutdown
 
 from hfqueue import embedded
 from hfqueue.config import Settings, celery_config
-from hfqueue.jobs import PRIORITIES, priority_queue
+from hfqueue.routing import consumed_queues
 
 logger = logging.getLogger(__name__)
 
@@ -44,9 +45,24 @@ def run_worker(settings: Settings, *, name: str | None = None, loglevel: str | N
     app = make_celery(settings, url)
     node = name or f"hfq-{os.getpid()}@{socket.gethostname()}"
     tasks.register(app, settings, url, node)
+    worker_shutdown.connect(lambda **_: _hand_back(settings, url, node), weak=False)
     app.worker_main([
         "worker", "--pool=prefork", "--concurrency=1",
-        f"--queues={','.join(priority_queue(settings.queue, p) for p in PRIORITIES)}",
+        f"--queues={','.join(consumed_queues(settings.queue, node))}",
         f"--hostname={node}", f"--loglevel={loglevel or settings.log_level}", "--without-mingle",
         "--without-gossip", "--task-events",
     ])
+
+
+def _hand_back(settings: Settings, url: str, node: str) -> None:
+    # A worker stopping warm (a scale-down, a deploy) leaves no chunk behind in its own queues.
+    from hfqueue.routing import hand_back
+    from hfqueue.store import redis_client
+
+    try:
+        moved = hand_back(redis_client(url, settings), settings.queue, node)
+    except Exception:  # noqa: BLE001 - Redis is gone: the other workers' sweep moves them later
+        logger.warning("could not hand back this worker's queued chunks; the others will sweep them", exc_info=True)
+        return
+    if moved:
+        logger.info("handed %d chunks queued for this worker back to the shared queues", moved)

@@ -30,6 +30,7 @@ import numpy as np
 
 from hfqueue.errors import ModelLoadError
 from hfqueue.jobs import Chunk, Keys, Source
+from hfqueue import routing
 from hfqueue.monitoring import presence
 from hfqueue.worker import chunks, guard
 from hfqueue.worker.batching import gather
@@ -74,6 +75,11 @@ def _beat_forever(ctx: WorkerContext, lane: Lane) -> None:
             info = presence.this_process(ctx.worker, ctx.settings.queue, device, started, ctx.metrics_url,
                                          ctx.models.resident())
             presence.publish(ctx.store.r, info, keep=ctx.settings.job_ttl)
+            routing.announce(ctx.store.r, ctx.settings.queue, ctx.worker, keep=ctx.settings.job_ttl)
+            moved = routing.sweep(ctx.store.r, ctx.settings.queue,
+                                  redelivery_window=1.2 * ctx.settings.visibility_timeout + 60)
+            if moved:
+                logger.warning("moved %d chunks queued for workers that stopped onto the shared queues", moved)
         except Exception:  # noqa: BLE001 - Redis may be restarting; the next beat retries
             logger.warning("request lane heartbeat failed", exc_info=True)
         time.sleep(HEARTBEAT_EVERY)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from hfqueue import Client, Settings
+from hfqueue.routing import worker_queue
 from tests.conftest import WorkerProcess, settings_env
 from tests.fault_models import build_fault_encoder
 from tests.tiny_models import sentences
@@ -130,3 +131,92 @@ def test_a_high_priority_job_overtakes_queued_low_priority_chunks(
     # low chunk running when they arrived finished meanwhile (round-robin polling would have run more)
     assert high.status().finished_at < normal.status().finished_at  # type: ignore[operator]
     assert low_at_normal_end - low_at_submit <= 16, (low_at_submit, low_at_high_end, low_at_normal_end)
+
+
+def chunk_workers(client: Client, job_id: str) -> list[str]:
+    """The worker that ran each chunk of a job, in chunk order."""
+    return [str(info.get("worker")) for _, info in sorted(client.job(job_id).chunks().items())]
+
+
+def test_chunks_go_first_to_the_worker_that_holds_their_model(
+        settings: Settings, worker_factory: Callable[..., WorkerProcess], tmp_path: Path) -> None:
+    # given worker A holding model X and worker B holding model Y (B took Y while A was busy with X)
+    mine = settings.model_copy(update={"queue": f"affinity-{time.monotonic_ns()}", "allow_remote_code": True,
+                                       "small_job_rows": 0, "affinity_chunks": 3, "max_batch_size": 4})
+    x = build_fault_encoder(tmp_path / "x", delay_s=0.2)
+    y = build_fault_encoder(tmp_path / "y", delay_s=0.2)
+    a = worker_factory(mine)
+    with Client(mine) as client:
+        def submit(model: Path, rows: int) -> str:
+            job = client.submit(task="feature-extraction", model=str(model), inputs=sentences(rows), chunk_size=8,
+                                trust_remote_code=True)
+            return job.id
+
+        def resident() -> dict[str, set[str]]:
+            return {w.name: {m["model"] for m in w.models} for w in client.live_workers() if w.queue == mine.queue}
+
+        client.job(submit(x, 8)).wait(timeout=60)
+        wait_until(lambda: str(x) in set().union(*resident().values()), 30, "A's record naming X")
+        b = worker_factory(mine)
+        busy = submit(x, 24)  # three chunks, all to A's own queue: A is busy for a while
+        client.job(submit(y, 8)).wait(timeout=60)  # so B, polling the shared queue, takes Y
+        client.job(busy).wait(timeout=60)
+        names = wait_until(lambda: sorted(map(sorted, resident().values())) == [[str(x)], [str(y)]] and resident(),
+                           30, "one worker holding X, the other Y")
+        assert isinstance(names, dict)
+        holder_x = next(n for n, models in names.items() if models == {str(x)})
+        holder_y = next(n for n, models in names.items() if models == {str(y)})
+
+        # when a job on each model is submitted, three chunks each, both workers idle
+        jx, jy = submit(x, 24), submit(y, 24)
+        client.job(jx).wait(timeout=90)
+        client.job(jy).wait(timeout=90)
+
+        # then every chunk ran on the worker that held its model, and neither loaded the other's model
+        assert chunk_workers(client, jx) == [holder_x] * 3
+        assert chunk_workers(client, jy) == [holder_y] * 3
+        assert resident() == {holder_x: {str(x)}, holder_y: {str(y)}}
+
+        # and a model nobody holds is picked up, and a job larger than affinity spreads over both workers
+        z = build_fault_encoder(tmp_path / "z", delay_s=0.05)
+        assert client.job(submit(z, 16)).wait(timeout=90).rows_done == 16
+        big = submit(x, 160)
+        client.job(big).wait(timeout=120)
+        ran = chunk_workers(client, big)
+        assert ran[:3] == [holder_x] * 3 and set(ran) == {holder_x, holder_y}
+    b.stop()
+
+
+def test_chunks_queued_for_a_worker_that_died_go_to_the_others(
+        settings: Settings, worker_factory: Callable[..., WorkerProcess], tmp_path: Path) -> None:
+    # given two workers, A holding model X
+    mine = settings.model_copy(update={"queue": f"orphaned-{time.monotonic_ns()}", "small_job_rows": 0,
+                                       "affinity_chunks": 2})
+    x = build_fault_encoder(tmp_path / "x")  # no remote code: a plain tiny BERT with the fault model's weights
+    x_config = (x / "config.json")
+    x_config.write_text(x_config.read_text().replace('"fault-bert"', '"bert"').replace('"FaultModel"', '"BertModel"'))
+    a = worker_factory(mine)
+    with Client(mine) as client:
+        client.submit(task="feature-extraction", model=str(x), inputs=sentences(8), chunk_size=8).wait(timeout=60)
+        holder = next(w for w in client.live_workers() if w.queue == mine.queue)
+        b = worker_factory(mine)
+
+        # when A is killed outright, and a job on X is submitted before its record expires
+        os.kill(holder.pid, signal.SIGKILL)
+        a.proc.kill()
+        a.proc.wait()
+        job = client.submit(task="feature-extraction", model=str(x), inputs=sentences(16), chunk_size=8)
+        routed = client.store.r.llen(worker_queue(mine.queue, "normal", holder.name))
+
+        # then its chunks, sent to A's own queue, are moved to the shared queue once A's heartbeat stops, and B
+        # runs them
+        status = job.wait(timeout=90)
+    assert routed == 2 and status.rows_done == 16
+    assert set(chunk_workers(client, job.id)) == {next(n for n in _names(b) if n)}
+    b.stop()
+
+
+def _names(worker: WorkerProcess) -> list[str]:
+    args = worker.proc.args
+    assert isinstance(args, list)
+    return [str(args[args.index("--name") + 1])]
