@@ -8,6 +8,8 @@ import socket
 
 from celery import Celery
 from celery.signals import worker_shutdown
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from hfqueue import embedded
 from hfqueue.config import Settings, celery_config
@@ -56,13 +58,19 @@ def run_worker(settings: Settings, *, name: str | None = None, loglevel: str | N
 
 def _hand_back(settings: Settings, url: str, node: str) -> None:
     # A worker stopping warm (a scale-down, a deploy) leaves no chunk behind in its own queues.
-    from hfqueue.routing import hand_back
-    from hfqueue.store import redis_client
+    import redis
 
+    from hfqueue.routing import hand_back
+
+    # One quick try: a stopping worker must not wait out a Redis that is gone; the others sweep its queue then.
+    r = redis.Redis.from_url(url, decode_responses=True, socket_timeout=5, socket_connect_timeout=2,
+                             retry=Retry(NoBackoff(), 0))
     try:
-        moved = hand_back(redis_client(url, settings), settings.queue, node)
-    except Exception:  # noqa: BLE001 - Redis is gone: the other workers' sweep moves them later
-        logger.warning("could not hand back this worker's queued chunks; the others will sweep them", exc_info=True)
+        moved = hand_back(r, settings.queue, node)
+    except redis.RedisError as exc:
+        logger.warning("could not hand back this worker's queued chunks (%s); the other workers will sweep them", exc)
         return
+    finally:
+        r.close()
     if moved:
         logger.info("handed %d chunks queued for this worker back to the shared queues", moved)
