@@ -105,11 +105,29 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+def wait_for(condition: Callable[[], object], timeout: float, what: str, every: float = 0.05) -> object:
+    """Poll ``condition`` until it returns something truthy; fail naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
 class WorkerProcess:
     """A real ``hfq worker`` process; ``log`` holds its output."""
 
     def __init__(self, proc: subprocess.Popen[bytes], log: Path) -> None:
         self.proc, self.log = proc, log
+
+    @property
+    def name(self) -> str:
+        """Its Celery node name (the factory names them ``w<N>@test``)."""
+        args = self.proc.args
+        assert isinstance(args, list)
+        return str(args[args.index("--name") + 1])
 
     def stop(self, timeout: float = 30) -> None:
         """SIGTERM (warm shutdown), then SIGKILL if it does not exit in time."""

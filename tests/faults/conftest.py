@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -19,7 +19,7 @@ import pytest
 from hfqueue import Client, Job, JobState, JobStatus, Settings
 from hfqueue.embedded import RedisServer
 from hfqueue.sinks.local import error_files, part_files
-from tests.conftest import WorkerProcess
+from tests.conftest import WorkerProcess, wait_for  # noqa: F401 - the fault tests import it from here
 from tests.fault_models import build_fault_encoder
 
 DELAY_S = 0.25  # per batch of the fault model: a 16-row chunk in batches of 4 runs for about a second
@@ -65,17 +65,6 @@ def kill(pid: int, sig: signal.Signals = signal.SIGKILL) -> None:
         os.kill(pid, sig)
     except ProcessLookupError:
         pass
-
-
-def wait_for(condition: Callable[[], object], timeout: float, what: str, every: float = 0.05) -> object:
-    """Poll ``condition`` until it returns something truthy; fail naming ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def submit(client: Client, model: Path, rows: list[str], chunk_size: int = 16) -> Job:

@@ -22,7 +22,7 @@ from hfqueue import Client, Job, Settings
 from hfqueue.embedded import free_port
 from hfqueue.worker.app import CHUNK_TASK
 from tests.browser import Browser, browser  # noqa: F401 - the fixture
-from tests.conftest import WorkerProcess, settings_env
+from tests.conftest import WorkerProcess, settings_env, wait_for
 from tests.dashboard import queried_metrics
 from tests.fault_models import POISON, build_fault_encoder
 from tests.integration.monitoring import Monitored, families, in_terminal, start_flower, total
@@ -51,16 +51,9 @@ def monitored(settings: Settings, worker_factory: Callable[..., WorkerProcess],
     port = free_port()
     flower = start_flower(settings_env(mine), port, tmp_path_factory.mktemp("flower") / "flower.log")
     with Client(mine) as client:
-        yield Monitored(mine, client, worker, _node_of(worker), f"http://127.0.0.1:{port}", ("hfq", "s3cret-for-tests"))
+        yield Monitored(mine, client, worker, worker.name, f"http://127.0.0.1:{port}", ("hfq", "s3cret-for-tests"))
     flower.terminate()
     flower.wait(30)
-
-
-def _node_of(worker: WorkerProcess) -> str:
-    """The Celery node name of ``worker`` (the factory names them w<N>@test)."""
-    args = worker.proc.args
-    assert isinstance(args, list)
-    return str(args[args.index("--name") + 1])
 
 
 def slow_job(m: Monitored, model: Path, rows: int = 96, poison: int | None = None) -> Job:
@@ -71,16 +64,6 @@ def slow_job(m: Monitored, model: Path, rows: int = 96, poison: int | None = Non
                            trust_remote_code=True)
 
 
-def wait_until(condition: Callable[[], object], timeout: float, what: str) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
 def test_metrics_move_by_the_rows_a_job_ran(monitored: Monitored, slow_model: Path) -> None:
     # given the worker's counters before a job (the model may be resident from an earlier test)
     m = monitored
@@ -89,11 +72,11 @@ def test_metrics_move_by_the_rows_a_job_ran(monitored: Monitored, slow_model: Pa
 
     # when a 96-row job with one poison row runs, scraped while it runs and after it ends
     job = slow_job(m, slow_model, poison=5)
-    wait_until(lambda: job.status().rows_done > 0, 60, "the first chunk")
+    wait_for(lambda: job.status().rows_done > 0, 60, "the first chunk")
     during = m.metrics()
     status = job.wait(timeout=120)
     # the last chunk is counted in Redis (which ends the job) a moment before its hooks run: let them
-    after = wait_until(lambda: total(m.metrics(), "hfq_chunks_total", **labels, outcome="done")
+    after = wait_for(lambda: total(m.metrics(), "hfq_chunks_total", **labels, outcome="done")
                        - total(before, "hfq_chunks_total", **labels, outcome="done") == 6 and m.metrics(), 10,
                        "the last chunk's metrics")
     assert isinstance(after, dict)
@@ -127,17 +110,17 @@ def test_flower_lists_the_worker_and_readable_chunk_tasks(monitored: Monitored, 
     # given a job of 15 chunks (about 6 s of work), running
     m = monitored
     job = slow_job(m, slow_model, rows=240)
-    wait_until(lambda: any(c.get("state") == "running" for c in job.chunks().values()), 30, "a running chunk")
+    wait_for(lambda: any(c.get("state") == "running" for c in job.chunks().values()), 30, "a running chunk")
 
     def chunk_tasks() -> list[dict]:
         return [t for t in m.flower(f"/api/tasks?taskname={CHUNK_TASK}").json().values()
                 if f"job {job.id} " in (t["args"] or "")]
 
     # when Flower's API is asked, with the credentials, while the job runs and once it has ended
-    assert m.worker_name in wait_until(lambda: m.flower("/api/workers?refresh=1").json(), 30, "workers")
-    running = wait_until(lambda: len(chunk_tasks()) == 15 and chunk_tasks(), 30, "the job's 15 chunk tasks")
+    assert m.worker_name in wait_for(lambda: m.flower("/api/workers?refresh=1").json(), 30, "workers")
+    running = wait_for(lambda: len(chunk_tasks()) == 15 and chunk_tasks(), 30, "the job's 15 chunk tasks")
     job.wait(timeout=120)
-    tasks = wait_until(lambda: all(t["state"] == "SUCCESS" for t in chunk_tasks()) and chunk_tasks(), 30,
+    tasks = wait_for(lambda: all(t["state"] == "SUCCESS" for t in chunk_tasks()) and chunk_tasks(), 30,
                        "15 finished chunk tasks")
 
     # then mid-job Flower already listed every chunk, the first ones started or done and the rest queued
@@ -178,7 +161,7 @@ def test_hfq_status_is_live_on_a_terminal_and_plain_or_json_otherwise(monitored:
     # given a running job
     env = settings_env(monitored.settings)
     job = slow_job(monitored, slow_model, rows=96, poison=70)
-    wait_until(lambda: job.status().state.value == "running", 30, "the job to start")
+    wait_for(lambda: job.status().state.value == "running", 30, "the job to start")
 
     # when `hfq status` runs on a terminal
     code, screen = in_terminal(["status", job.id], env)
@@ -203,7 +186,7 @@ def test_hfq_status_is_live_on_a_terminal_and_plain_or_json_otherwise(monitored:
 def test_hfq_status_json_mid_job_counts_running_and_queued_chunks(monitored: Monitored, slow_model: Path) -> None:
     # given a job of 15 chunks (about 6 s of work), one running on the worker
     job = slow_job(monitored, slow_model, rows=240)
-    wait_until(lambda: any(c.get("state") == "running" for c in job.chunks().values()), 30, "a running chunk")
+    wait_for(lambda: any(c.get("state") == "running" for c in job.chunks().values()), 30, "a running chunk")
 
     # when `hfq status --json` is asked while it runs
     data = json.loads(subprocess.run([sys.executable, "-m", "hfqueue", "status", job.id, "--json"],
@@ -250,19 +233,19 @@ def test_a_worker_gone_leaves_hfq_workers(settings: Settings, worker_factory: Ca
     other = settings.model_copy(update={"queue": f"gone-{time.monotonic_ns()}"})
     worker = worker_factory(other)
     with Client(other) as client:
-        name = _node_of(worker)
-        wait_until(lambda: name in [w.name for w in client.live_workers()], 30, "the worker's record")
+        name = worker.name
+        wait_for(lambda: name in [w.name for w in client.live_workers()], 30, "the worker's record")
 
         # when it stops, then it leaves the list within the record's lifetime
         worker.stop()
-        wait_until(lambda: name not in [w.name for w in client.live_workers()], 30, "the record to expire")
+        wait_for(lambda: name not in [w.name for w in client.live_workers()], 30, "the record to expire")
 
 
 def test_flower_pages_in_a_real_browser(monitored: Monitored, slow_model: Path, browser: Browser,  # noqa: F811
                                         tmp_path: Path) -> None:
     # given a job running on the worker
     job = slow_job(monitored, slow_model)
-    wait_until(lambda: any(c.get("state") == "running" for c in job.chunks().values()), 30, "a running chunk")
+    wait_for(lambda: any(c.get("state") == "running" for c in job.chunks().values()), 30, "a running chunk")
 
     # when headless Chromium, with the credentials, loads Flower's workers page, then its tasks page
     browser.open(monitored.flower_url + "/workers", auth=monitored.auth)

@@ -13,22 +13,13 @@ from pathlib import Path
 import pytest
 
 from hfqueue import Client, Settings
+from hfqueue.monitoring import presence
 from hfqueue.routing import worker_queue
-from tests.conftest import WorkerProcess, settings_env
+from tests.conftest import WorkerProcess, settings_env, wait_for
 from tests.fault_models import build_fault_encoder
 from tests.tiny_models import sentences
 
 pytestmark = pytest.mark.timeout(180)
-
-
-def wait_until(condition: Callable[[], object], timeout: float, what: str) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def environ(pid: int) -> dict[str, str]:
@@ -54,7 +45,7 @@ def test_one_worker_per_listed_gpu_each_pinned_and_restarted(settings: Settings,
             def live() -> dict[str, int]:
                 return {w.name.split("@")[0]: w.pid for w in client.live_workers() if w.queue == mine.queue}
 
-            serving = wait_until(lambda: len(live()) == 2 and live(), 90, "two workers")
+            serving = wait_for(lambda: len(live()) == 2 and live(), 90, "two workers")
             assert isinstance(serving, dict)
 
             # then there is one worker per entry, each seeing only its own GPU
@@ -71,7 +62,7 @@ def test_one_worker_per_listed_gpu_each_pinned_and_restarted(settings: Settings,
             os.kill(killed, signal.SIGKILL)
 
             # then the supervisor starts it again, on the same GPU, and leaves GPU 0's alone
-            again = wait_until(lambda: live().get("box-gpu1") not in (None, serving["box-gpu1"]) and live(), 90,
+            again = wait_for(lambda: live().get("box-gpu1") not in (None, serving["box-gpu1"]) and live(), 90,
                                "GPU 1's worker back")
             assert isinstance(again, dict) and again["box-gpu0"] == serving["box-gpu0"]
             assert environ(again["box-gpu1"])["CUDA_VISIBLE_DEVICES"] == "1"
@@ -113,7 +104,7 @@ def test_a_high_priority_job_overtakes_queued_low_priority_chunks(
     with Client(mine) as client:
         low = client.submit(task="feature-extraction", model=str(model), inputs=sentences(160), chunk_size=16,
                             trust_remote_code=True, priority="low")
-        wait_until(lambda: low.status().rows_done > 0, 60, "the low job to start")
+        wait_for(lambda: low.status().rows_done > 0, 60, "the low job to start")
 
         # when a normal and then a high-priority job are submitted behind it
         normal = client.submit(task="feature-extraction", model=str(model), inputs=sentences(32, seed=1),
@@ -156,12 +147,12 @@ def test_chunks_go_first_to_the_worker_that_holds_their_model(
             return {w.name: {m["model"] for m in w.models} for w in client.live_workers() if w.queue == mine.queue}
 
         client.job(submit(x, 8)).wait(timeout=60)
-        wait_until(lambda: str(x) in set().union(*resident().values()), 30, "A's record naming X")
+        wait_for(lambda: str(x) in set().union(*resident().values()), 30, "A's record naming X")
         b = worker_factory(mine)
         busy = submit(x, 24)  # three chunks, all to A's own queue: A is busy for a while
         client.job(submit(y, 8)).wait(timeout=60)  # so B, polling the shared queue, takes Y
         client.job(busy).wait(timeout=60)
-        names = wait_until(lambda: sorted(map(sorted, resident().values())) == [[str(x)], [str(y)]] and resident(),
+        names = wait_for(lambda: sorted(map(sorted, resident().values())) == [[str(x)], [str(y)]] and resident(),
                            30, "one worker holding X, the other Y")
         assert isinstance(names, dict)
         holder_x = next(n for n, models in names.items() if models == {str(x)})
@@ -184,6 +175,7 @@ def test_chunks_go_first_to_the_worker_that_holds_their_model(
         client.job(big).wait(timeout=120)
         ran = chunk_workers(client, big)
         assert ran[:3] == [holder_x] * 3 and set(ran) == {holder_x, holder_y}
+    a.stop()
     b.stop()
 
 
@@ -198,8 +190,11 @@ def test_chunks_queued_for_a_worker_that_died_go_to_the_others(
     a = worker_factory(mine)
     with Client(mine) as client:
         client.submit(task="feature-extraction", model=str(x), inputs=sentences(8), chunk_size=8).wait(timeout=60)
-        holder = next(w for w in client.live_workers() if w.queue == mine.queue)
         b = worker_factory(mine)
+        holder = wait_for(lambda: next((w for w in client.live_workers() if w.queue == mine.queue and w.name == a.name
+                                        and str(x) in {m["model"] for m in w.models}), None), 30,
+                          "A's record naming X")
+        assert isinstance(holder, presence.WorkerInfo)
 
         # when A is killed outright, and a job on X is submitted before its record expires
         os.kill(holder.pid, signal.SIGKILL)
@@ -212,11 +207,5 @@ def test_chunks_queued_for_a_worker_that_died_go_to_the_others(
         # runs them
         status = job.wait(timeout=90)
     assert routed == 2 and status.rows_done == 16
-    assert set(chunk_workers(client, job.id)) == {next(n for n in _names(b) if n)}
+    assert set(chunk_workers(client, job.id)) == {b.name}
     b.stop()
-
-
-def _names(worker: WorkerProcess) -> list[str]:
-    args = worker.proc.args
-    assert isinstance(args, list)
-    return [str(args[args.index("--name") + 1])]
