@@ -4,7 +4,8 @@ Every worker consumes, for each priority, a queue of its own (``hfq.w.NODE``) ju
 queue of that priority (``hfq``), and takes from them in that order. At submit, the producer looks up
 the live workers of the queue whose resident models include the job's (their presence records) and
 sends each of them up to ``HFQ_AFFINITY_CHUNKS`` chunks, counting what already waits in its queue; the
-rest go to the shared queue. So a holder takes the job's chunks first and no other worker loads the
+rest go to the shared queue. While chunks wait in the shared queue, every chunk goes there: a job never
+overtakes work queued before it. So a holder takes the job's chunks first and no other worker loads the
 model for a small job, while a large job still spreads over every worker, and a job whose model no
 worker holds goes to the shared queue like any other.
 
@@ -40,7 +41,10 @@ def consumed_queues(queue: str, node: str) -> list[str]:
 def route(r: redis.Redis, queue: str, spec: JobSpec, chunks: int, per_worker: int) -> list[str]:
     """The queue of each of a job's ``chunks`` chunks, in order: holders of its model first, then the shared one."""
     shared = priority_queue(queue, spec.priority)
-    if per_worker <= 0:
+    # Never ahead of chunks already waiting: with a backlog the shared queue keeps its order (workers take their
+    # own queue first, so a steady stream of jobs for a held model would otherwise starve it), and every worker
+    # is busy anyway.
+    if per_worker <= 0 or r.llen(shared) > 0:
         return [shared] * chunks
     slots: list[list[str]] = []
     for node in holders(r, queue, spec):

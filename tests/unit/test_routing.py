@@ -51,6 +51,9 @@ def test_chunks_go_to_holders_up_to_their_room_then_to_the_shared_queue(r: redis
     assert route(r, q, high, 1, per_worker=2) == [worker_queue(q, "high", "a@h")]
     assert route(r, q, SPEC, 2, per_worker=0) == [q, q]
     assert route(r, q, SPEC.model_copy(update={"model": "org/nobody"}), 2, per_worker=2) == [q, q]
+    # and while chunks wait in the shared queue, a new job queues behind them, holders or not
+    r.lpush(q, "queued earlier")
+    assert route(r, q, SPEC, 2, per_worker=2) == [q, q]
 
 
 def test_a_dead_workers_queue_is_swept_oldest_first_and_forgotten_later(r: redis.Redis) -> None:
