@@ -68,7 +68,6 @@ class Slot:
     started: float = 0.0
     failures: int = 0
     restart_at: float = 0.0
-    restarts: int = 0
 
 
 class Supervisor:
@@ -125,7 +124,6 @@ class Supervisor:
         """Start a worker whose back-off is over, note one that exited; True when it refused its settings."""
         if slot.proc is None:
             if time.monotonic() >= slot.restart_at:
-                slot.restarts += 1
                 self._start(slot)
             return False
         code = slot.proc.poll()
