@@ -8,13 +8,14 @@
 
 from hfqueue.config import Settings
 from hfqueue.errors import (BrokerUnavailableError, ConfigError, HfqError, InvalidSpecError, JobCancelledError,
-                            JobFailedError, JobNotFoundError, ModelLoadError, SourceNotFoundError, WaitTimeoutError)
+                            JobFailedError, JobNotFoundError, ModelLoadError, PublishError, SourceNotFoundError,
+                            WaitTimeoutError)
 from hfqueue.jobs import JobSpec, JobState, JobStatus
 from hfqueue.producer.client import Client, Job
 
 __all__ = [
     "BrokerUnavailableError", "Client", "ConfigError", "HfqError", "InvalidSpecError", "Job", "JobCancelledError",
-    "JobFailedError", "JobNotFoundError", "JobSpec", "JobState", "JobStatus", "ModelLoadError", "Settings",
+    "JobFailedError", "JobNotFoundError", "JobSpec", "JobState", "JobStatus", "ModelLoadError", "PublishError", "Settings",
     "SourceNotFoundError", "WaitTimeoutError",
 ]
 __version__ = "0.1.0"

@@ -51,6 +51,18 @@ class Settings(BaseSettings):
         description="Folders jobs may read local datasets, data files and model folders from (a JSON list; "
         "paths are resolved, symlinks followed). Default: the working directory.",
     )
+    output_urls: list[str] = Field(
+        ["hub://", "hf://", "s3://", "gs://", "gcs://", "az://", "abfs://"],
+        description="URL prefixes a job's `output` may start with (a JSON list), e.g. [\"hub://my-org/\"]; a local "
+        "`output` path must lie under HFQ_OUTPUT_ROOT. Workers check it too.",
+    )
+    hub_shard_mb: int = Field(
+        256, gt=0, description="Results published to the Hub or an fsspec URL are cut into Parquet shards of about "
+        "this many megabytes."
+    )
+    hub_commit_files: int = Field(
+        50, gt=0, description="Files per Hub commit when publishing results (each commit is one retry unit)."
+    )
     queue: str = Field("hfq", min_length=1, description="Celery queue the chunk tasks go to.")
     chunk_size: int = Field(1000, gt=0, description="Rows per chunk task (a spec may override it).")
     max_inline_rows: int = Field(

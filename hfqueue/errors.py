@@ -60,5 +60,10 @@ class WaitTimeoutError(HfqError, TimeoutError):
     """``Job.wait(timeout=...)`` ran out of time; the job itself goes on."""
 
 
+class PublishError(HfqError):
+    """A finished job's results could not be sent to its ``output`` (Hub repo or fsspec URL); they stay in its
+    output folder, and ``hfq resume`` sends what is missing."""
+
+
 class BrokerUnavailableError(HfqError):
     """Redis cannot be reached, or the embedded redis-server cannot be started."""

@@ -14,10 +14,14 @@ KEY_PREFIX = "hfq"
 
 
 class JobState(str, enum.Enum):
-    """Where a job is in its life. The last four are final."""
+    """Where a job is in its life. The last four are final.
+
+    ``finalizing``: every chunk is done and the results are being published to the job's ``output``.
+    """
 
     QUEUED = "queued"
     RUNNING = "running"
+    FINALIZING = "finalizing"
     COMPLETED = "completed"
     COMPLETED_WITH_ERRORS = "completed_with_errors"
     FAILED = "failed"
@@ -26,7 +30,7 @@ class JobState(str, enum.Enum):
     @property
     def is_final(self) -> bool:
         """True once nothing more will happen to the job."""
-        return self not in (JobState.QUEUED, JobState.RUNNING)
+        return self not in (JobState.QUEUED, JobState.RUNNING, JobState.FINALIZING)
 
 
 class JobSpec(BaseModel):
@@ -56,6 +60,9 @@ class JobSpec(BaseModel):
     columns: dict[str, str] | None = Field(None, description="Task field -> dataset column, e.g. "
                                            "{'question': 'q', 'context': 'passage'}.")
     output_dir: str | None = Field(None, description="Folder under the output root; default: the job id.")
+    output: str | None = Field(None, description="Also publish the finished results here: hub://<namespace>/<name>"
+                               "[@<branch>] (a Hub dataset repo) or an fsspec URL (s3://..., hf://..., a local path).")
+    output_private: bool = Field(True, description="A Hub repo created for `output` is private (false: public).")
     chunk_size: int | None = Field(None, gt=0, description="Rows per chunk; default HFQ_CHUNK_SIZE.")
     options: dict[str, Any] = Field(default_factory=dict, description="Task options, e.g. {'pooling': 'cls'}.")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] | None = Field(
@@ -71,6 +78,13 @@ class JobSpec(BaseModel):
     @classmethod
     def _known_task(cls, name: str) -> str:
         return tasks.canonical_name(name)
+
+    @field_validator("output")
+    @classmethod
+    def _destination(cls, url: str | None) -> str | None:
+        from hfqueue.sinks.destinations import parse
+
+        return None if url is None else parse(url).url
 
     @model_validator(mode="after")
     def _complete(self) -> "JobSpec":
@@ -94,7 +108,7 @@ class JobSpec(BaseModel):
 
 
 # Fields that say where a job's rows come from and go to; the rest decide how the model runs.
-JOB_ONLY_FIELDS = frozenset({"inputs", "output_dir", "dataset", "dataset_config", "split", "dataset_revision",
+JOB_ONLY_FIELDS = frozenset({"inputs", "output_dir", "output", "output_private", "dataset", "dataset_config", "split", "dataset_revision",
                              "column", "columns", "chunk_size", "priority"})
 
 PRIORITIES = ("high", "normal", "low")  # in the order workers take from their queues
@@ -269,6 +283,18 @@ class Keys:
         """Sorted set: workers of ``queue`` with chunk queues of their own -> last heartbeat (see hfqueue.routing;
         dead ones are swept and dropped by the live ones; expires HFQ_JOB_TTL after the last heartbeat)."""
         return f"{KEY_PREFIX}:affinity:{queue}"
+
+    @staticmethod
+    def batch(batch_id: str) -> str:
+        """Hash: an OpenAI batch's record (state, times, its jobs, request counts; see hfqueue.openai_batch)."""
+        return f"{KEY_PREFIX}:batch:{batch_id}"
+
+    batches = f"{KEY_PREFIX}:batches"  # sorted set batch id -> created time; entries of expired batches are pruned
+
+    @staticmethod
+    def batch_claim(batch_id: str) -> str:
+        """String with a TTL: who is writing a batch's output files (so one process does it)."""
+        return f"{KEY_PREFIX}:batch:{batch_id}:claim"
 
     @staticmethod
     def claim(job_id: str, index: int) -> str:

@@ -50,7 +50,7 @@ for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[5]) end
 return n
 """
 
-_LIVE = (JobState.QUEUED.value, JobState.RUNNING.value)
+_LIVE = (JobState.QUEUED.value, JobState.RUNNING.value, JobState.FINALIZING.value)
 
 
 def redis_client(url: str, settings: Settings) -> redis.Redis:
@@ -153,9 +153,13 @@ class JobStore:
     def transition(self, job_id: str, new: JobState, *, allowed_from: tuple[str, ...] = _LIVE,
                    time_field: str = "", **fields: Any) -> bool:
         """Move the job to ``new`` if it is in one of ``allowed_from``; set ``fields`` when it moved."""
+        return self.move(Keys.job(job_id), new.value, allowed_from, time_field, **fields)
+
+    def move(self, key: str, new: str, allowed_from: tuple[str, ...], time_field: str = "", **fields: Any) -> bool:
+        """:meth:`transition` for any record hash with a ``state`` field (jobs, OpenAI batches)."""
         pairs = [x for k, v in fields.items() for x in (k, _enc(v))]
-        moved = self._transition(keys=[Keys.job(job_id)],
-                                 args=[new.value, time_field, time.time(), len(allowed_from), *allowed_from, *pairs])
+        moved = self._transition(keys=[key], args=[new, time_field, time.time(), len(allowed_from), *allowed_from,
+                                                   *pairs])
         return moved == 1
 
     def chunk_started(self, job_id: str, index: int, worker: str) -> int:

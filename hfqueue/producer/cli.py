@@ -58,21 +58,22 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--json", action="store_true", help="print JSON")
         p.set_defaults(func=func)
 
-    p = sub.add_parser("status", help="show a job's progress: live on a terminal until the job ends, else once")
+    p = sub.add_parser("status", help="show a job's progress: live on a terminal until the job ends, else once "
+                       "(an OpenAI batch id, batch_...: its batch object)")
     p.add_argument("job_id")
     p.add_argument("--chunks", action="store_true", help="also show each chunk's state")
     p.add_argument("--once", action="store_true", help="print the progress once, even on a terminal")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_status)
 
-    p = sub.add_parser("wait", help="wait until a job ends (exit code tells how it ended)")
+    p = sub.add_parser("wait", help="wait until a job (or OpenAI batch) ends (exit code tells how it ended)")
     p.add_argument("job_id")
     p.add_argument("--timeout", type=float, help="give up waiting after this many seconds (exit 124)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the final status as JSON")
     p.set_defaults(func=_wait)
 
-    p = sub.add_parser("cancel", help="cancel a job: queued chunks never run, the running one stops")
+    p = sub.add_parser("cancel", help="cancel a job (or OpenAI batch): queued chunks never run, the running one stops")
     p.add_argument("job_id")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cancel)
@@ -123,7 +124,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _spec_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--task", required=True, help="task name, e.g. feature-extraction, text-classification")
+    p.add_argument("--task", help="task name, e.g. feature-extraction, text-classification (required unless "
+                   "--openai-batch)")
     p.add_argument("--model", help="Hub model id or local model folder (default: the task's default model)")
     p.add_argument("--revision", help="model branch, tag or commit")
     src = p.add_mutually_exclusive_group(required=True)
@@ -132,6 +134,10 @@ def _spec_arguments(p: argparse.ArgumentParser) -> None:
                      help="one input per line; a .jsonl file holds one JSON row per line (a string, a "
                           "{field: value} object, or a list of chat messages)")
     src.add_argument("--input", action="append", dest="inputs", help="an input row (repeat for more)")
+    src.add_argument("--openai-batch", type=Path, metavar="FILE",
+                     help="an OpenAI Batch API input file (JSONL: custom_id, method, url, body) for /v1/chat/completions, "
+                          "/v1/completions or /v1/embeddings; body.model names a Hugging Face model. Prints the batch id")
+    p.add_argument("--endpoint", help="with --openai-batch: the only url its lines may name")
     p.add_argument("--dataset-config", help="dataset configuration (subset) name")
     p.add_argument("--split", default="train", help="dataset split (default: train)")
     p.add_argument("--dataset-revision", help="dataset branch, tag or commit")
@@ -139,6 +145,9 @@ def _spec_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--columns", action="append", default=[], metavar="FIELD=COLUMN",
                    help="column of each field of a multi-field task, e.g. question=q (repeat for more)")
     p.add_argument("--output-dir", help="folder under HFQ_OUTPUT_ROOT (default: the job id)")
+    p.add_argument("--output", help="also publish the results to hub://NAMESPACE/NAME[@BRANCH] (a Hub dataset repo; "
+                   "the token comes from HF_TOKEN or `hf auth login` on the workers) or an fsspec URL (s3://..., a path)")
+    p.add_argument("--public", action="store_true", help="create the --output Hub repo public (default: private)")
     p.add_argument("--chunk-size", type=int, help="rows per chunk (default: HFQ_CHUNK_SIZE)")
     p.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"])
     p.add_argument("--quantization", choices=["8bit", "4bit"], help="load weights quantized (CUDA workers only)")
@@ -149,9 +158,13 @@ def _spec_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _spec_fields(args: argparse.Namespace) -> dict[str, Any]:
+    if not args.task:
+        raise HfqError("--task is required (unless --openai-batch gives each request's endpoint)")
     fields: dict[str, Any] = {k: getattr(args, k) for k in (
         "task", "model", "revision", "dataset_config", "split", "dataset_revision", "column", "output_dir",
-        "chunk_size", "dtype", "quantization", "priority") if getattr(args, k) is not None}
+        "chunk_size", "dtype", "quantization", "priority", "output") if getattr(args, k) is not None}
+    if args.public:
+        fields["output_private"] = False
     if args.columns:
         fields["columns"] = dict(_pair(c, "--columns") for c in args.columns)
     if args.dataset:
@@ -194,18 +207,45 @@ def _client(settings: Settings) -> Any:
 
 
 def _submit(args: argparse.Namespace, settings: Settings) -> int:
+    if args.openai_batch:
+        return _submit_batch(args, settings)
     job = _client(settings).submit(**_spec_fields(args))
     print(json.dumps({"job_id": job.id}) if args.json else job.id)
     return 0
 
 
+def _submit_batch(args: argparse.Namespace, settings: Settings, wait: bool = False,
+                  timeout: float | None = None) -> int:
+    batch = _client(settings).submit_openai_batch(args.openai_batch, endpoint=args.endpoint,
+                                                  priority=args.priority or "normal")
+    if not wait:
+        print(json.dumps({"batch_id": batch.id}) if args.json else batch.id)
+        return 0
+    print(f"submitted batch {batch.id}", file=sys.stderr)
+    return _batch_outcome(batch.wait(timeout), args.json)
+
+
+def _batch_outcome(obj: dict[str, Any], as_json: bool) -> int:
+    """Print a batch object; exit 0 completed without failures, 3 with some, 1 failed or cancelled."""
+    from hfqueue.producer.views import batch_text
+
+    print(json.dumps(obj, indent=2) if as_json else batch_text(obj))
+    if obj["status"] in ("failed", "cancelled", "expired"):
+        return EXIT_FAILED
+    return EXIT_PARTIAL if obj["status"] == "completed" and obj["request_counts"]["failed"] else 0
+
+
 def _run(args: argparse.Namespace, settings: Settings) -> int:
+    if args.openai_batch:
+        return _submit_batch(args, settings, wait=True, timeout=args.timeout)
     job = _client(settings).submit(**_spec_fields(args))
     print(f"submitted job {job.id}", file=sys.stderr)
     return _finish(job, job.wait(args.timeout, progress=sys.stderr.isatty()), args.json)
 
 
 def _wait(args: argparse.Namespace, settings: Settings) -> int:
+    if _is_batch(args):
+        return _batch_outcome(_client(settings).openai_batch(args.job_id).wait(args.timeout), args.json)
     job = _client(settings).job(args.job_id)
     return _finish(job, job.wait(args.timeout, progress=not args.no_progress and sys.stderr.isatty()), args.json)
 
@@ -215,8 +255,17 @@ def _finish(job: Any, status: JobStatus, as_json: bool) -> int:
     return EXIT_PARTIAL if status.state == JobState.COMPLETED_WITH_ERRORS else 0
 
 
+def _is_batch(args: argparse.Namespace) -> bool:
+    return str(args.job_id).startswith("batch_")
+
+
 def _status(args: argparse.Namespace, settings: Settings) -> int:
     from hfqueue.producer import views
+
+    if _is_batch(args):
+        obj = _client(settings).openai_batch(args.job_id).status()
+        print(json.dumps(obj, indent=2) if args.json else views.batch_text(obj))
+        return 0
 
     job = _client(settings).job(args.job_id)
     if not args.json and not args.once and sys.stdout.isatty():
@@ -236,6 +285,12 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cancel(args: argparse.Namespace, settings: Settings) -> int:
+    if _is_batch(args):
+        from hfqueue.producer.views import batch_text
+
+        obj = _client(settings).openai_batch(args.job_id).cancel()
+        print(json.dumps(obj, indent=2) if args.json else batch_text(obj))
+        return 0
     job = _client(settings).job(args.job_id)
     status = job.cancel()
     print(json.dumps(status.summary(), indent=2) if args.json else _describe(job, status))

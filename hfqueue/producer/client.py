@@ -30,6 +30,8 @@ from hfqueue.worker.app import CHUNK_TASK, broker_url, make_celery
 if TYPE_CHECKING:
     import datasets
 
+    from hfqueue.openai_batch.handle import OpenAIBatch
+
 logger = logging.getLogger(__name__)
 
 
@@ -54,14 +56,17 @@ class Client:
         Give a :class:`JobSpec` (or a dict of its fields), or its fields as keyword arguments.
         Anything wrong with the spec raises :class:`InvalidSpecError` and nothing is enqueued.
         """
-        spec = _build_spec(spec, fields)
+        return self._submit(_build_spec(spec, fields))
+
+    def _submit(self, spec: JobSpec, record: dict[str, Any] | None = None) -> "Job":
+        """:meth:`submit` of a built spec; ``record``: more fields for the job record (the batch it belongs to)."""
         job_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
         plan = plan_job(spec, self.settings, job_id)
         stored_spec = spec.model_dump(mode="json", exclude={"inputs"})
         self.store.create(job_id, {
             "spec": stored_spec, "source": plan.source.model_dump(), "rows_total": plan.rows_total,
             "chunks_total": len(plan.chunks), "chunks": [c.model_dump() for c in plan.chunks],
-            "output_dir": str(plan.output_dir),
+            "output_dir": str(plan.output_dir), **(record or {}),
         })
         try:
             if spec.inputs is not None:
@@ -109,6 +114,37 @@ class Client:
                 self._celery.send_task(CHUNK_TASK, args=[message], queue=queue, producer=producer,
                                        ignore_result=True, argsrepr=describe_chunk(message, len(plan.chunks)),
                                        kwargsrepr="{}")
+
+    def submit_openai_batch(self, path: str | Path, *, endpoint: str | None = None,
+                            metadata: dict[str, str] | None = None, priority: str = "normal",
+                            completion_window: str = "24h") -> "OpenAIBatch":
+        """Run an OpenAI Batch API input file (JSONL of ``custom_id``/``method``/``url``/``body`` lines) on local
+        models; return an :class:`~hfqueue.openai_batch.handle.OpenAIBatch` at once.
+
+        ``body.model`` names a Hugging Face model (Hub id or local folder). Every line is checked; a bad one
+        goes to the batch's ``errors.jsonl`` with its line number and the rest run. ``endpoint``, when given,
+        is the only url lines may name (as in OpenAI's API); else each line's url counts.
+        """
+        from hfqueue.openai_batch import batch
+        from hfqueue.openai_batch.handle import OpenAIBatch
+
+        path = Path(path)
+        try:
+            with path.open(encoding="utf-8", errors="replace") as fh:
+                batch_id = batch.submit(self, fh, input_file=str(path), endpoint=endpoint, metadata=metadata,
+                                        priority=priority, completion_window=completion_window)
+        except OSError as exc:
+            raise InvalidSpecError(f"cannot read the batch file {str(path)!r}: {exc.strerror or exc}",
+                                   value=str(path)) from None
+        return OpenAIBatch(self, batch_id)
+
+    def openai_batch(self, batch_id: str) -> "OpenAIBatch":
+        """Reattach to an OpenAI batch by id; :class:`JobNotFoundError` when Redis has no such batch."""
+        from hfqueue.openai_batch.batch import status
+        from hfqueue.openai_batch.handle import OpenAIBatch
+
+        status(self.store, batch_id)
+        return OpenAIBatch(self, batch_id)
 
     def infer(self, task: str, inputs: list[Any], model: str | None = None, *, options: dict[str, Any] | None = None,
               timeout: float = 30.0, **fields: Any) -> list[dict[str, Any]]:

@@ -15,6 +15,7 @@ from hfqueue import paths, sources, tasks
 from hfqueue.config import Settings
 from hfqueue.errors import InvalidSpecError, SourceNotFoundError
 from hfqueue.jobs import Chunk, JobSpec, Source, plan_chunks
+from hfqueue.sinks import publish
 from hfqueue.sinks.local import MANIFEST, part_files, resolve_output_dir
 
 
@@ -43,6 +44,8 @@ def plan_job(spec: JobSpec, settings: Settings, job_id: str) -> Plan:
     if (output_dir / MANIFEST).exists() or part_files(output_dir):
         raise InvalidSpecError(f"output_dir {output_dir} already holds a job's results; choose another folder",
                                value=spec.output_dir)
+    if spec.output:
+        publish.check(spec.output, settings)
     source = sources.resolve(spec, settings.input_roots)
     if spec.inputs is not None:
         rows = len(spec.inputs)

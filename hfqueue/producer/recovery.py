@@ -46,7 +46,7 @@ def resume(client: "Client", job_id: str, output_dir: str | None = None) -> Resu
     """Make sure every chunk of ``job_id`` without a part is on its way to a worker; see the module docs.
 
     A job that ended ``completed`` or ``completed_with_errors`` is left as it is; one that ended
-    ``failed`` or ``cancelled`` runs again from where it stopped.
+    ``failed`` or ``cancelled`` runs again from where it stopped, publishing to its ``output`` included.
     """
     store = client.store
     rebuilt = False
@@ -70,13 +70,15 @@ def resume(client: "Client", job_id: str, output_dir: str | None = None) -> Resu
         else:
             store.chunk_finished(job_id, chunk.index, rows_ok=found.rows_ok, rows_failed=found.rows_failed,
                                  info={"state": "done", "resumed": True}, failed=found.failed_whole)
-    if state in (JobState.FAILED, JobState.CANCELLED) and missing:
-        store.transition(job_id, JobState.QUEUED, allowed_from=(state.value,), error="", finished_at="")
+    if state in (JobState.FAILED, JobState.CANCELLED):
+        # Runs on: the missing chunks, or, with every chunk on disk, the publishing that failed or never ran.
+        store.transition(job_id, JobState.QUEUED if missing else JobState.RUNNING, allowed_from=(state.value,),
+                         error="", finished_at="")
     if missing:
         client._enqueue(_plan(record, folder, job_id, chunks), job_id, only={c.index for c in missing})
         sync_manifest(store, job_id)
     else:
-        finalize(store, job_id)
+        finalize(store, job_id, client.settings)
     report = ResumeReport(job_id, rebuilt, len(chunks), len(chunks) - len(missing), len(missing),
                           store.state(job_id) or state)
     logger.info("resumed job %s%s: %d of %d chunks on disk, %d sent again", job_id,

@@ -121,3 +121,14 @@ def _running_on(chunks: dict[int, dict[str, Any]]) -> list[str]:
 
 def _mib(n: int | None) -> str:
     return "-" if n is None else f"{n / 2**20:.0f} MiB"
+
+
+def batch_text(obj: dict[str, Any]) -> str:
+    """A few lines about an OpenAI batch object: state, request counts, files."""
+    counts = obj["request_counts"]
+    lines = [f"batch {obj['id']}: {obj['status']} ({obj['endpoint']})",
+             f"requests: {counts['total']} total, {counts['completed']} completed, {counts['failed']} failed"]
+    for name, key in (("output", "output_file_id"), ("errors", "error_file_id")):
+        if obj.get(key):
+            lines.append(f"{name}: {obj[key]}")
+    return "\n".join(lines)

@@ -22,7 +22,8 @@ class EmbeddingOptions(BaseModel):
 
 
 class FeatureExtraction(TaskAdapter):
-    """Output column ``embedding``: list of float32 (pooled), or a list of such lists per token (pooling none)."""
+    """Output columns ``embedding`` (list of float32 when pooled, a list of such lists per token with pooling
+    none) and ``input_tokens`` (tokens the row had after truncation)."""
 
     name = "feature-extraction"
     aliases = ("embeddings", "embedding", "sentence-embeddings")
@@ -34,7 +35,8 @@ class FeatureExtraction(TaskAdapter):
         import pyarrow as pa
 
         vector = pa.list_(pa.float32())
-        return {"embedding": pa.list_(vector) if options["pooling"] == "none" else vector}
+        return {"embedding": pa.list_(vector) if options["pooling"] == "none" else vector,
+                "input_tokens": pa.int32()}
 
     def forward(self, loaded: LoadedModel, batch: dict[str, Any], options: dict[str, Any]) -> list[dict[str, Any]]:
         import torch
@@ -42,11 +44,13 @@ class FeatureExtraction(TaskAdapter):
         with torch.inference_mode():
             hidden = loaded.model(**batch).last_hidden_state.float()
             mask = batch["attention_mask"]
+            tokens = mask.sum(dim=1).tolist()
             if options["pooling"] == "none":
                 if options["normalize"]:
                     hidden = torch.nn.functional.normalize(hidden, p=2, dim=-1)
                 # Padding positions are dropped; which side they are on depends on the tokenizer.
-                return [{"embedding": hidden[i][mask[i].bool()].cpu().tolist()} for i in range(hidden.shape[0])]
+                return [{"embedding": hidden[i][mask[i].bool()].cpu().tolist(), "input_tokens": tokens[i]}
+                        for i in range(hidden.shape[0])]
             if options["pooling"] == "cls":
                 pooled = hidden[:, 0]
             else:
@@ -54,4 +58,4 @@ class FeatureExtraction(TaskAdapter):
                 pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
             if options["normalize"]:
                 pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
-        return [{"embedding": row} for row in pooled.cpu().numpy()]
+        return [{"embedding": row, "input_tokens": n} for row, n in zip(pooled.cpu().numpy(), tokens, strict=True)]

@@ -46,6 +46,26 @@ def generate_kwargs(options: dict[str, Any]) -> dict[str, Any]:
     return {k: options[k] for k in keys if options.get(k) is not None}
 
 
+def finished(loaded: Any, new_tokens: Any, stop: list[str] | None) -> list[tuple[str, str, int]]:
+    """Per generated row: its text (cut before the first ``stop`` string), why it ended (``stop``: an end
+    token or a stop string; ``length``: max_new_tokens) and how many tokens it generated."""
+    tokenizer = loaded.tokenizer
+    eos = loaded.model.generation_config.eos_token_id
+    eos = set(eos if isinstance(eos, list) else [eos] if eos is not None else [tokenizer.eos_token_id])
+    out = []
+    for row in new_tokens.tolist():
+        end = next((i + 1 for i, token in enumerate(row) if token in eos), None)
+        ids = row[:end] if end is not None else row
+        if end is None and tokenizer.pad_token_id not in eos:
+            while ids and ids[-1] == tokenizer.pad_token_id:  # a row stopped by a stop string, padded after
+                ids = ids[:-1]
+        text = tokenizer.decode(ids, skip_special_tokens=True)
+        cut = min((i for i in (text.find(s) for s in stop or []) if i >= 0), default=-1)
+        reason = "stop" if end is not None or cut >= 0 else "length"
+        out.append((text[:cut] if cut >= 0 else text, reason, len(ids)))
+    return out
+
+
 def generate(loaded: Any, inputs: dict[str, Any], options: dict[str, Any], **extra: Any) -> Any:
     """``model.generate`` on a padded batch with the job's options; seeded first when a seed is set."""
     import torch
@@ -53,6 +73,8 @@ def generate(loaded: Any, inputs: dict[str, Any], options: dict[str, Any], **ext
     if options.get("seed") is not None:
         torch.manual_seed(options["seed"])
     tokenizer = loaded.tokenizer
+    if options.get("stop"):
+        extra = {**extra, "stop_strings": options["stop"], "tokenizer": tokenizer}
     with torch.inference_mode():
         return loaded.model.generate(**inputs, **generate_kwargs(options), pad_token_id=tokenizer.pad_token_id,
                                      **extra)

@@ -8,29 +8,32 @@ the end of a conversation, the part being answered, is kept.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 from pydantic import BaseModel, Field
 
 from hfqueue.errors import ModelLoadError
 from hfqueue.tasks.base import LoadedModel, TaskAdapter
-from hfqueue.tasks.generation import GenerationOptions, generate
+from hfqueue.tasks.generation import GenerationOptions, finished, generate
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
 
 class TextGenerationOptions(GenerationOptions):
-    """Generation options, plus ``return_full_text`` (prompt + continuation) and ``as_chat`` (send plain
-    string prompts through the chat template as one user message). ``max_new_tokens`` defaults to 256."""
+    """Generation options, plus ``return_full_text`` (prompt + continuation), ``as_chat`` (send plain
+    string prompts through the chat template as one user message) and ``stop`` (up to 4 strings that end
+    the text; the text is cut before them). ``max_new_tokens`` defaults to 256."""
 
     max_new_tokens: int | None = Field(256, gt=0, le=32768)
     return_full_text: bool = False
     as_chat: bool = False
+    stop: list[Annotated[str, Field(min_length=1)]] | None = Field(None, min_length=1, max_length=4)
 
 
 class TextGeneration(TaskAdapter):
-    """Output column ``generated_text``: the continuation (or prompt + continuation with return_full_text)."""
+    """Output columns ``generated_text`` (the continuation, or prompt + continuation with return_full_text),
+    ``finish_reason`` (``stop`` or ``length``), ``prompt_tokens`` and ``completion_tokens``."""
 
     name = "text-generation"
     Options: ClassVar[type[BaseModel]] = TextGenerationOptions
@@ -48,7 +51,8 @@ class TextGeneration(TaskAdapter):
     def output_types(self, options: dict[str, Any]) -> "dict[str, pa.DataType]":
         import pyarrow as pa
 
-        return {"generated_text": pa.string()}
+        return {"generated_text": pa.string(), "finish_reason": pa.string(), "prompt_tokens": pa.int32(),
+                "completion_tokens": pa.int32()}
 
     def setup(self, loaded: LoadedModel) -> None:
         tokenizer = loaded.tokenizer
@@ -82,8 +86,10 @@ class TextGeneration(TaskAdapter):
     def forward(self, loaded: LoadedModel, batch: dict[str, Any], options: dict[str, Any]) -> list[dict[str, Any]]:
         out = generate(loaded, batch, options)
         width = batch["input_ids"].shape[1]  # left padding: every prompt ends at the same column
-        texts = loaded.tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
-        if options["return_full_text"]:
-            prompts = loaded.tokenizer.batch_decode(batch["input_ids"], skip_special_tokens=True)
-            texts = [p + t for p, t in zip(prompts, texts, strict=True)]
-        return [{"generated_text": t} for t in texts]
+        ends = finished(loaded, out[:, width:], options.get("stop"))
+        prompt_tokens = batch["attention_mask"].sum(dim=1).tolist()
+        prompts = loaded.tokenizer.batch_decode(batch["input_ids"], skip_special_tokens=True) \
+            if options["return_full_text"] else [""] * len(ends)
+        return [{"generated_text": prompt + text, "finish_reason": reason, "prompt_tokens": int(n_prompt),
+                 "completion_tokens": n}
+                for prompt, (text, reason, n), n_prompt in zip(prompts, ends, prompt_tokens, strict=True)]

@@ -173,7 +173,11 @@ def finish(ctx: WorkerContext, job_id: str, chunk: Chunk, *, rows_ok: int, info:
     if finished >= 0:
         record = ctx.store.get(job_id)
         if finished == int(record["chunks_total"]):
-            finalize(ctx.store, job_id)
+            finalize(ctx.store, job_id, ctx.settings)
         if record["state"] == JobState.CANCELLED.value:
             sync_manifest(ctx.store, job_id)  # a chunk that outran the cancel: the manifest counts its rows too
+    elif finished == -1 and ctx.store.state(job_id) == JobState.FINALIZING:
+        # The delivery that counted the last chunk died while publishing (its message was never acknowledged):
+        # publish again; the upload resumes where it stopped.
+        finalize(ctx.store, job_id, ctx.settings)
     return {"chunk": chunk.index, "rows": rows_ok, "rows_failed": rows_failed, **info}

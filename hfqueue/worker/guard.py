@@ -2,7 +2,8 @@
 
 The producer checked the same paths at submit, but the wire is not trusted: anyone who can write to
 Redis can forge a message. So the worker checks, against its own settings, that the message's source
-lies inside ``HFQ_INPUT_ROOTS`` and its output folder inside ``HFQ_OUTPUT_ROOT``; the model folder is
+lies inside ``HFQ_INPUT_ROOTS``, its output folder inside ``HFQ_OUTPUT_ROOT`` and its ``output`` URL (if any)
+within ``HFQ_OUTPUT_URLS``; the model folder is
 checked where every way to a model passes, :meth:`WorkerContext.model`. A
 message that fails fails its whole job (every chunk would fail the same way) and nothing is written
 where it pointed: the reason goes to the job record and to the manifest in the job's recorded folder.
@@ -17,6 +18,7 @@ from hfqueue import paths
 from hfqueue.config import Settings
 from hfqueue.errors import InvalidSpecError
 from hfqueue.jobs import Source
+from hfqueue.sinks import publish
 from hfqueue.sinks.local import ERRORS
 from hfqueue.worker import chunks
 from hfqueue.worker.context import WorkerContext
@@ -29,6 +31,9 @@ def check_message(settings: Settings, message: dict[str, Any]) -> None:
     # A chunk writes its error part under errors/: a symlink there would lead the write out.
     paths.check_output_dir(settings.output_root, out_dir / ERRORS)
     paths.check_source(Source(**message["source"]), settings.input_roots)
+    output = (message.get("spec") or {}).get("output")
+    if output:  # refused before any row runs, not after the whole job did
+        publish.check(str(output), settings)
 
 
 def refuse(ctx: WorkerContext, message: dict[str, Any]) -> dict[str, Any] | None:
