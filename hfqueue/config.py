@@ -56,7 +56,7 @@ class Settings(BaseSettings):
         description="URL prefixes a job's `output` may start with (a JSON list), e.g. [\"hub://my-org/\"]; a local "
         "`output` path must lie under HFQ_OUTPUT_ROOT. Workers check it too.",
     )
-    hub_shard_mb: int = Field(
+    hub_shard_mb: float = Field(
         256, gt=0, description="Results published to the Hub or an fsspec URL are cut into Parquet shards of about "
         "this many megabytes."
     )

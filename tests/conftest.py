@@ -146,11 +146,19 @@ def worker_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callabl
     unless started with ``ready=False``."""
     started: list[WorkerProcess] = []
 
-    def start(settings: Settings, timeout: float = 60, *, ready: bool = True) -> WorkerProcess:
+    def start(settings: Settings, timeout: float = 60, *, ready: bool = True,
+              env: dict[str, str | None] | None = None) -> WorkerProcess:
+        """``env``: variables to add to (or, set to None, remove from) the worker's environment."""
         log = tmp_path_factory.mktemp("worker") / "worker.log"
+        child_env = settings_env(settings)
+        for key, value in (env or {}).items():
+            if value is None:
+                child_env.pop(key, None)
+            else:
+                child_env[key] = value
         with log.open("wb") as out:
             proc = subprocess.Popen([sys.executable, "-m", "hfqueue", "worker", "--name", f"w{len(started)}@test"],
-                                    env=settings_env(settings), stdout=out, stderr=subprocess.STDOUT)
+                                    env=child_env, stdout=out, stderr=subprocess.STDOUT)
         worker = WorkerProcess(proc, log)
         started.append(worker)
         if not ready:  # the caller checks readiness itself (e.g. the worker waits for a Redis not started yet)

@@ -39,7 +39,7 @@ def publish(out_dir: Path, settings: Settings) -> dict[str, Any]:
     except InvalidSpecError as exc:
         raise PublishError(f"this worker refuses the output: {exc}", value=spec["output"]) from None
     dest = parse(spec["output"])
-    files = shards.build(out_dir, settings.hub_shard_mb * 1024 * 1024)
+    files = shards.build(out_dir, int(settings.hub_shard_mb * 1024 * 1024))
     text = card.render(manifest, files)
     message = f"hfqueue job {manifest['job_id']}"
     if dest.kind == "hub":
