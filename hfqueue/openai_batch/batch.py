@@ -43,11 +43,13 @@ MAX_LISTED_ERRORS = 100  # the batch object lists this many rejected lines; erro
 
 
 def submit(client: "Client", lines: Iterable[str], *, input_file: str, endpoint: str | None = None,
-           metadata: dict[str, str] | None = None, priority: str = "normal", completion_window: str = "24h") -> str:
+           metadata: dict[str, str] | None = None, priority: str = "normal", completion_window: str = "24h",
+           owner: str | None = None) -> str:
     """Validate every line, send one job per group of valid requests, and return the batch id.
 
     Bad lines never stop the rest: they go to the error file with their line number. Raises
     :class:`InvalidSpecError` for a bad ``endpoint`` or ``metadata`` (nothing is written then).
+    ``owner``: the API key name the batch and its jobs belong to (``hfq api``).
     """
     if priority not in PRIORITIES:
         raise InvalidSpecError(f"priority {priority!r} is not one of {list(PRIORITIES)}", value=priority)
@@ -60,14 +62,16 @@ def submit(client: "Client", lines: Iterable[str], *, input_file: str, endpoint:
     requests, invalid = parse_lines(lines, endpoint)
     record = {"state": "validating", "endpoint": endpoint or _endpoint(requests), "input_file": input_file,
               "completion_window": completion_window, "metadata": metadata or {}, "output_dir": str(folder),
-              "created_at": time.time(), "lines_total": len(requests) + len(invalid), "jobs": []}
+              "created_at": time.time(), "lines_total": len(requests) + len(invalid), "jobs": [],
+              **({"owner": owner} if owner else {})}
     with store.r.pipeline() as p:
         p.hset(Keys.batch(batch_id), mapping={k: _enc(v) for k, v in record.items()})
         p.expire(Keys.batch(batch_id), store.ttl)
         p.zadd(Keys.batches, {batch_id: record["created_at"]})
         p.zremrangebyscore(Keys.batches, "-inf", time.time() - store.ttl)
         p.execute()
-    jobs, placed = _send(client, batch_id, group_requests(requests), invalid, priority)
+    tags = {"batch": batch_id, **({"owner": owner} if owner else {})}
+    jobs, placed = _send(client, tags, group_requests(requests), invalid, priority)
     files.write_plan(folder, placed, invalid)
     if not jobs:
         files.write_rejected(folder, invalid)
@@ -76,17 +80,23 @@ def submit(client: "Client", lines: Iterable[str], *, input_file: str, endpoint:
         files.write_batch_object(folder, status(store, batch_id))
         logger.info("OpenAI batch %s failed: none of its %d lines is valid", batch_id, len(invalid))
         return batch_id
-    store.move(Keys.batch(batch_id), "in_progress", ("validating",), "in_progress_at", jobs=jobs)
+    if not store.move(Keys.batch(batch_id), "in_progress", ("validating",), "in_progress_at", jobs=jobs):
+        # Cancelled while its jobs were being sent: record them, and cancel them too.
+        store.r.hset(Keys.batch(batch_id), "jobs", json.dumps(jobs))
+        for job_id in jobs:
+            client.job(job_id).cancel()
     logger.info("OpenAI batch %s: %d requests in %d jobs, %d lines rejected", batch_id, len(placed), len(jobs),
                 len(invalid))
     job_ended(store, batch_id)  # a small job may have ended before the batch listed it
     return batch_id
 
 
-def _send(client: "Client", batch_id: str, groups: list[Group], invalid: list[LineError], priority: str
+def _send(client: "Client", tags: dict[str, str], groups: list[Group], invalid: list[LineError], priority: str
           ) -> tuple[list[str], list[dict[str, Any]]]:
-    """Submit one job per group (split to fit HFQ_MAX_INLINE_ROWS); return the job ids and where each request's
-    rows went. A group whose job is refused (its model cannot run) turns into rejected lines."""
+    """Submit one job per group (split to fit HFQ_MAX_INLINE_ROWS), its record tagged with ``tags`` (batch,
+    owner); return the job ids and where each request's rows went. A group whose job is refused (its model
+    cannot run) turns into rejected lines."""
+    batch_id = tags["batch"]
     jobs: list[str] = []
     placed: list[dict[str, Any]] = []
     try:
@@ -95,9 +105,13 @@ def _send(client: "Client", batch_id: str, groups: list[Group], invalid: list[Li
             try:
                 spec = JobSpec(task=group.task, model=group.model, inputs=group.rows, options=group.options,
                                output_dir=f"{batch_id}/{job_dir}", priority=priority)
-                job = client._submit(spec, {"batch": batch_id})
+                job = client._submit(spec, tags)
             except (InvalidSpecError, ValidationError) as exc:
-                invalid += [LineError(line=r.line, custom_id=r.custom_id, code="invalid_model", param="body.model",
+                # A model that cannot run here (missing path, outside the input roots, wrong head), or a request too
+                # big for one job (more rows than HFQ_MAX_INLINE_ROWS).
+                about_model = getattr(exc, "value", None) == group.model
+                invalid += [LineError(line=r.line, custom_id=r.custom_id, param="body.model" if about_model else None,
+                                      code="invalid_model" if about_model else "invalid_request",
                                       message=f"line {r.line}: {exc}") for r in group.requests]
                 continue
             jobs.append(job.id)
@@ -136,9 +150,10 @@ def job_ended(store: JobStore, batch_id: str) -> None:
     Safe to call any number of times from anywhere: one caller wins the claim and writes the files.
     """
     rec = store.r.hgetall(Keys.batch(batch_id))
-    if rec.get("state") not in ("in_progress", "finalizing", "cancelling"):
-        return
-    for job_id in json.loads(rec["jobs"]):
+    if rec.get("state") not in ("in_progress", "finalizing", "cancelling") or not files.has_plan(
+            Path(rec["output_dir"])):
+        return  # still validating (or cancelled then): submit calls again once the plan and the jobs are written
+    for job_id in files.read_plan(Path(rec["output_dir"])).by_job:  # the plan, written before any job can end
         state = store.state(job_id)
         if state is not None and not state.is_final:
             return

@@ -135,7 +135,9 @@ def assemble(store: JobStore, folder: Path, *, cancelled: bool) -> tuple[int, in
         for job_id, placed in plan.by_job.items():
             job_dir = folder / placed[0].job_dir
             results, failures = _results(job_dir, placed[0].request)
-            job_error = store.r.hget(Keys.job(job_id), "error") or ""
+            state, job_error = store.r.hmget(Keys.job(job_id), ["state", "error"])
+            # A job that failed on its own before the batch was cancelled reports its own error.
+            never_ran = cancelled and state == JobState.CANCELLED.value
             for p in placed:
                 rows = [results.get(i) for i in range(p.first_row, p.first_row + p.n_rows)]
                 if all(r is not None for r in rows):
@@ -144,7 +146,7 @@ def assemble(store: JobStore, folder: Path, *, cancelled: bool) -> tuple[int, in
                     continue
                 failure = next((failures[i] for i in range(p.first_row, p.first_row + p.n_rows) if i in failures),
                                None)
-                errors.append((p.request.line, _failed(p.request, failure, job_error, cancelled)))
+                errors.append((p.request.line, _failed(p.request, failure, job_error or "", never_ran)))
     errors.sort(key=lambda e: e[0])
     with _atomic(folder / ERRORS) as fh:
         for _, line in errors:

@@ -324,11 +324,12 @@ def _request(number: int, custom_id: str, obj: dict[str, Any], endpoint: str | N
     return Request(line=number, custom_id=custom_id, url=url, model=model, task=task, **fields)
 
 
-def parse_lines(lines: Iterable[str], endpoint: str | None = None) -> tuple[list[Request], list[LineError]]:
+def parse_lines(lines: Iterable[str | bytes], endpoint: str | None = None) -> tuple[list[Request], list[LineError]]:
     """Parse batch input lines into valid requests and rejected lines, each list in file order.
 
     Blank lines are skipped but counted, so ``line`` is the physical 1-based line. Of lines sharing a custom_id
-    only the first is kept. With ``endpoint`` (one of ENDPOINTS), lines for any other url are rejected.
+    only the first is kept. With ``endpoint`` (one of ENDPOINTS), lines for any other url are rejected. Lines
+    given as bytes (a file opened in binary) must be UTF-8: one that is not is rejected, never run altered.
     """
     if endpoint is not None and endpoint not in ENDPOINTS:
         raise ValueError(f"unsupported endpoint {endpoint!r}: use one of {', '.join(ENDPOINTS)}")
@@ -336,11 +337,16 @@ def parse_lines(lines: Iterable[str], endpoint: str | None = None) -> tuple[list
     errors: list[LineError] = []
     first_line: dict[str, int] = {}
     validated: dict[tuple[Any, ...], dict[str, Any] | str] = {}  # lines share a few option sets: validate each once
-    for number, text in enumerate(lines, 1):
-        if not text.strip():
+    for number, raw in enumerate(lines, 1):
+        if not raw.strip():
             continue
         custom_id = None
         try:
+            try:
+                text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+            except UnicodeDecodeError as exc:
+                raise _Bad("invalid_encoding", None, f"is not UTF-8 (byte {exc.start + 1}): save the file as "
+                           "UTF-8") from None
             try:
                 obj = json.loads(text.lstrip("\ufeff") if number == 1 else text)
             except json.JSONDecodeError as exc:

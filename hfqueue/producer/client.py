@@ -130,7 +130,7 @@ class Client:
 
         path = Path(path)
         try:
-            with path.open(encoding="utf-8", errors="replace") as fh:
+            with path.open("rb") as fh:  # bytes: a line that is not UTF-8 is rejected by its number
                 batch_id = batch.submit(self, fh, input_file=str(path), endpoint=endpoint, metadata=metadata,
                                         priority=priority, completion_window=completion_window)
         except OSError as exc:

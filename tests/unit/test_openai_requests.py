@@ -420,3 +420,16 @@ def test_fifty_thousand_lines_parse_and_group_in_linear_time() -> None:
     assert [(e.line, e.code) for e in errs] == [(11, "invalid_json"), (22, "duplicate_custom_id")]
     assert len(reqs) == 49_998 and reqs[-1].custom_id == "r49999" and reqs[-1].line == 50_000
     assert [len(g.requests) for g in groups] == [24_998, 25_000]
+
+
+def test_a_line_that_is_not_utf8_is_rejected_not_run_altered() -> None:
+    # given a file read as bytes whose second line holds a Latin-1 byte
+    good = line(custom_id="a").encode()
+    bad = line(custom_id="b").encode().replace(b'"b"', b'"b\xe9"')
+
+    # when it is parsed
+    reqs, errs = parse_lines([good, bad])
+
+    # then the first runs, the second is rejected by its number, saying to save the file as UTF-8
+    assert [r.custom_id for r in reqs] == ["a"]
+    assert [(e.line, e.code) for e in errs] == [(2, "invalid_encoding")] and "UTF-8" in errs[0].message
