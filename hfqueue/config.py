@@ -13,10 +13,12 @@ from typing import Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings.exceptions import SettingsError
 
 from hfqueue.errors import ConfigError
 
 Dtype = Literal["auto", "float32", "float16", "bfloat16"]
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*(KiB|MiB|GiB|KB|MB|GB)")  # what accelerate reads (lower-case b: bits)
 
 
 class Settings(BaseSettings):
@@ -26,7 +28,8 @@ class Settings(BaseSettings):
     500
     """
 
-    model_config = SettingsConfigDict(env_prefix="HFQ_", extra="forbid", validate_default=True)
+    # env_ignore_empty: a variable set to "" (compose and Kubernetes pass them) counts as unset.
+    model_config = SettingsConfigDict(env_prefix="HFQ_", extra="forbid", validate_default=True, env_ignore_empty=True)
 
     # repr=False: the URLs may carry a password, and settings end up in tracebacks and test reports.
     broker_url: str | None = Field(
@@ -102,6 +105,20 @@ class Settings(BaseSettings):
         "auto", description="Device the worker runs models on: auto (CUDA when present), cpu, cuda, cuda:N."
     )
     dtype: Dtype = Field("auto", description="Weights dtype: auto, float32, float16 or bfloat16.")
+    device_map: Literal["auto"] | None = Field(
+        None, description="auto: load each model with accelerate's device_map='auto', spread over every GPU the worker "
+        "sees and CPU memory (models larger than one GPU); such a worker owns all its GPUs, so not with `hfq worker "
+        "--gpus`. Unset: each model on HFQ_DEVICE."
+    )
+    max_memory: dict[str, str] | None = Field(
+        None, description="With HFQ_DEVICE_MAP=auto: most memory each device may hold, a JSON object of GPU index or "
+        "'cpu' -> size, e.g. {\"0\": \"70GiB\", \"1\": \"70GiB\", \"cpu\": \"200GiB\"}; unset: what each device has "
+        "free."
+    )
+    adapter_cache_size: int = Field(
+        8, gt=0, description="PEFT adapters a worker keeps applied to each resident model (least recently used leave "
+        "first)."
+    )
     chunk_soft_time_limit: int = Field(
         3000, gt=0, description="Seconds before a chunk is asked to stop (SoftTimeLimitExceeded)."
     )
@@ -140,6 +157,23 @@ class Settings(BaseSettings):
     metrics_address: str = Field(
         "0.0.0.0", description="Address the worker's metrics endpoint listens on (127.0.0.1: this host only)."
     )
+    api_address: str = Field("127.0.0.1", description="Address `hfq api` listens on (0.0.0.0: every interface).")
+    api_port: int = Field(8000, gt=0, le=65535, description="Port `hfq api` listens on.")
+    api_keys: dict[str, str] = Field(
+        {}, description="`hfq api`'s API keys as a JSON object of name -> 'sha256:<hex>' hash "
+        "(`hfq api-key NAME` makes one); what a key creates belongs to its name. Empty: the API refuses every call."
+    )
+    api_max_body_mb: float = Field(
+        32, gt=0, description="Largest request body `hfq api` accepts, in megabytes (file uploads excepted); larger: 413."
+    )
+    api_max_upload_mb: float = Field(
+        200, gt=0, description="Largest file `POST /v1/files` accepts, in megabytes (OpenAI's batch file limit); "
+        "larger: 413. Uploads are streamed to disk."
+    )
+    api_files_dir: Path | None = Field(
+        None, description="Where `hfq api` keeps uploaded files; unset: STATE_DIR/api-files. Give API replicas a "
+        "shared folder."
+    )
     flower_address: str = Field(
         "127.0.0.1", description="Address `hfq flower` listens on (0.0.0.0: every interface; basic auth stays on)."
     )
@@ -155,6 +189,38 @@ class Settings(BaseSettings):
     def _resolve_roots(cls, roots: list[Path]) -> list[Path]:
         # Resolved once, where the settings are built: "." means the directory the process started in.
         return [root.expanduser().resolve() for root in roots]
+
+    @field_validator("api_keys")
+    @classmethod
+    def _hashed_keys(cls, hashes: dict[str, str]) -> dict[str, str]:
+        from hfqueue.api.keys import check_hashes
+
+        try:
+            check_hashes(hashes)
+        except ValueError as exc:
+            raise ValueError(f"HFQ_API_KEYS: {exc}") from None
+        return hashes
+
+    @field_validator("max_memory")
+    @classmethod
+    def _memory_sizes(cls, limits: dict[str, str] | None) -> dict[str, str] | None:
+        if limits is None:
+            return None
+        if not limits:
+            raise ValueError("give at least one device, e.g. {\"0\": \"70GiB\", \"cpu\": \"200GiB\"}, or unset it")
+        out = {}
+        for key, size in limits.items():
+            if not (key == "cpu" or key.isdigit()):
+                raise ValueError(f"keys are GPU indexes (\"0\", \"1\", ...) or \"cpu\", got {key!r}")
+            match = _SIZE.fullmatch(size.strip())
+            if match is None:
+                raise ValueError(f"the size of {key!r} must be a number with a unit among KiB, MiB, GiB, KB, MB, GB "
+                                 f"(e.g. \"70GiB\"), got {size!r}")
+            device = str(int(key)) if key.isdigit() else key
+            if device in out:
+                raise ValueError(f"GPU {device} is named twice")
+            out[device] = match[1] + match[2]
+        return out
 
     @model_validator(mode="after")
     def _check_relations(self) -> "Settings":
@@ -189,7 +255,23 @@ class Settings(BaseSettings):
             raise ValueError("HFQ_FLOWER_PASSWORD may not hold ',' (Flower splits its credentials on it)")
         if self.device != "auto" and not (self.device in ("cpu", "cuda", "mps") or self.device.startswith("cuda:")):
             raise ValueError(f"HFQ_DEVICE must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
+        self._check_device_map()
         return self
+
+    def _check_device_map(self) -> None:
+        if self.device_map is None:
+            if self.max_memory is not None:
+                raise ValueError("HFQ_MAX_MEMORY only applies with HFQ_DEVICE_MAP=auto: set both, or unset it")
+            return
+        if self.device not in ("auto", "cuda", "cpu"):
+            raise ValueError(f"HFQ_DEVICE_MAP=auto spreads each model over every GPU the worker sees, which HFQ_DEVICE="
+                             f"{self.device} contradicts: leave HFQ_DEVICE at auto (or cuda), and narrow the GPUs with "
+                             "CUDA_VISIBLE_DEVICES or HFQ_MAX_MEMORY")
+        gpus = [k for k in self.max_memory or {} if k != "cpu"]
+        if self.device == "cpu" and (self.max_memory is None or gpus):
+            # accelerate places weights on every GPU it sees unless max_memory leaves them out
+            raise ValueError("HFQ_DEVICE=cpu with HFQ_DEVICE_MAP=auto needs HFQ_MAX_MEMORY naming only \"cpu\" (e.g. "
+                             "{\"cpu\": \"200GiB\"}), or the weights would go to the GPUs; or leave HFQ_DEVICE at auto")
 
     def batch_tokens(self, device: str) -> int:
         """``max_batch_tokens``, or the default for ``device`` when it is unset."""
@@ -232,6 +314,9 @@ def load_settings(**overrides: Any) -> Settings:
     """
     try:
         return Settings(**overrides)
+    except SettingsError as exc:  # a list or object setting whose value is not JSON
+        raise ConfigError(f"invalid hfqueue settings: {exc} (lists and objects are JSON, e.g. HFQ_INPUT_ROOTS="
+                          "'[\"/data\"]')", value=overrides) from None
     except ValidationError as exc:
         problems = []
         for err in exc.errors():

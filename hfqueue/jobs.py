@@ -47,11 +47,15 @@ class JobSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    task: str = Field(description="Task name or alias, e.g. feature-extraction, text-classification.")
+    task: str = Field(description="Task name or alias, e.g. feature-extraction, text-classification.",
+                      json_schema_extra={"enum": tasks.known_names()})
     model: str | None = Field(None, min_length=1, description="Hub model id or local folder; default: the task's.")
     revision: str | None = Field(None, description="Model branch, tag or commit (Hub models).")
+    adapter: str | None = Field(None, min_length=1, description="PEFT adapter (LoRA, ...) to run `model` with: Hub "
+                                "id or local folder. Workers keep the base model resident and apply adapters on it.")
     inputs: list[str | dict[str, Any] | list[dict[str, Any]]] | None = Field(
-        None, description="Rows to run, carried inline: strings, {field: value} dicts, or chat message lists.")
+        None, description="Rows to run, carried inline: strings, {field: value} dicts, or chat message lists.",
+        json_schema_extra={"minItems": 1})  # in the schema; the validator below says it in words
     dataset: str | list[str] | None = Field(None, description="Hub dataset id, local dataset folder or data files.")
     dataset_config: str | None = Field(None, description="Dataset configuration (subset) name.")
     split: str = Field("train", description="Dataset split to read.")
@@ -290,6 +294,12 @@ class Keys:
         return f"{KEY_PREFIX}:batch:{batch_id}"
 
     batches = f"{KEY_PREFIX}:batches"  # sorted set batch id -> created time; entries of expired batches are pruned
+
+    @staticmethod
+    def owned(owner: str, kind: str) -> str:
+        """Sorted set: the jobs, batches or files (``kind``) an API key's name owns -> created time (entries older
+        than HFQ_JOB_TTL are pruned on each add; the key expires HFQ_JOB_TTL after it)."""
+        return f"{KEY_PREFIX}:owner:{owner}:{kind}"
 
     @staticmethod
     def batch_claim(batch_id: str) -> str:

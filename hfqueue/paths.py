@@ -72,10 +72,11 @@ def check_output_dir(output_root: Path, output_dir: str | Path) -> Path:
     return target
 
 
-def check_model(model: str, roots: Sequence[Path]) -> None:
-    """A model named by a local path must lie inside ``roots``; a Hub id passes."""
+def check_model(model: str, roots: Sequence[Path], what: str = "model folder") -> None:
+    """A model (or a PEFT adapter: ``what="adapter folder"``) named by a local path must lie inside ``roots``;
+    a Hub id passes."""
     if looks_local(model):
-        check_readable(model, roots, "model folder")
+        check_readable(model, roots, what)
 
 
 def check_source(source: Source, roots: Sequence[Path]) -> None:

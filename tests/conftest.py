@@ -116,6 +116,24 @@ def wait_for(condition: Callable[[], object], timeout: float, what: str, every: 
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
+def wait_serving(url: str, proc: subprocess.Popen[bytes], log: Path, what: str, timeout: float = 60) -> None:
+    """Wait until ``url`` answers 2xx; kill ``proc`` and fail with its log if it exits or ``timeout`` passes."""
+    import requests
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if requests.get(url, timeout=2).ok:
+                return
+        except requests.ConnectionError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            raise RuntimeError(f"{what} did not start:\n{log.read_text()[-3000:]}")
+        time.sleep(0.1)
+
+
 class WorkerProcess:
     """A real ``hfq worker`` process; ``log`` holds its output."""
 

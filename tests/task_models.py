@@ -174,3 +174,16 @@ def audio_dataset(path: Path, n: int, sampling_rate: int = 16_000) -> Path:
     ds = datasets.Dataset.from_dict({"audio": clips})
     ds.cast(datasets.Features({"audio": datasets.Audio(sampling_rate=sampling_rate)})).save_to_disk(path)
     return path
+
+
+def without_chat_template(model: Path, copy: Path) -> Path:
+    """A copy of ``model`` whose tokenizer has no chat template (wherever the tokenizer keeps it)."""
+    import json
+    import shutil
+
+    shutil.copytree(model, copy)
+    (copy / "chat_template.jinja").unlink(missing_ok=True)
+    config = json.loads((copy / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (copy / "tokenizer_config.json").write_text(json.dumps(config))
+    return copy

@@ -30,7 +30,8 @@ class WorkerInfo(BaseModel):
     pid: int
     queue: str
     device: str
-    models: list[dict[str, Any]] = []  # resident, least recently used first
+    devices: list[str] = []  # where its resident models' weights lie (several GPUs with HFQ_DEVICE_MAP=auto)
+    models: list[dict[str, Any]] = []  # resident, least recently used first, each with its PEFT adapters
     rss_bytes: int | None = None
     gpu: list[dict[str, Any]] = []  # per device: allocated, reserved, total bytes
     metrics_url: str | None = None
@@ -39,13 +40,15 @@ class WorkerInfo(BaseModel):
 
 
 def this_process(name: str, queue: str, device: str, started_at: float, metrics_url: str | None,
-                 models: list[dict[str, Any]]) -> WorkerInfo:
-    """The record of the calling process, with its memory measured now."""
+                 models: list[dict[str, Any]], devices: list[str] | None = None) -> WorkerInfo:
+    """The record of the calling process, with its memory measured now. ``devices``: where the resident models'
+    weights lie (default: ``device``)."""
     from hfqueue.monitoring.metrics import gpu_memory
 
     return WorkerInfo(name=name, host=socket.gethostname(), pid=os.getpid(), queue=queue, device=device,
-                      models=models, rss_bytes=_rss_bytes(), gpu=gpu_memory() if device.startswith("cuda") else [],
-                      metrics_url=metrics_url, started_at=started_at, seen_at=time.time())
+                      devices=devices or [device], models=models, rss_bytes=_rss_bytes(),
+                      gpu=gpu_memory() if device.startswith("cuda") else [], metrics_url=metrics_url,
+                      started_at=started_at, seen_at=time.time())
 
 
 def publish(r: redis.Redis, info: WorkerInfo, *, keep: int) -> None:

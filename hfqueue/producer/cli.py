@@ -101,6 +101,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-auth", action="store_true", help="no authentication (refused unless the address is loopback)")
     p.set_defaults(func=_flower)
 
+    p = sub.add_parser("api", help="serve the HTTP API (jobs, OpenAI-compatible files and batches) with uvicorn")
+    p.add_argument("--address", help="listen address (default HFQ_API_ADDRESS)")
+    p.add_argument("--port", type=int, help="listen port (default HFQ_API_PORT)")
+    p.set_defaults(func=_api)
+
+    p = sub.add_parser("api-key", help="make an API key for `hfq api`: prints the key (give it to the client) and "
+                       "the HFQ_API_KEYS entry holding its hash")
+    p.add_argument("name", help="the key's name: what it creates belongs to this name")
+    p.set_defaults(func=_api_key)
+
     p = sub.add_parser("worker", help="run a worker in the foreground (one model-serving process)")
     p.add_argument("--name", help="Celery node name (default hfq-PID@HOST)")
     p.add_argument("--loglevel", help="log level (default HFQ_LOG_LEVEL)")
@@ -128,6 +138,7 @@ def _spec_arguments(p: argparse.ArgumentParser) -> None:
                    "--openai-batch)")
     p.add_argument("--model", help="Hub model id or local model folder (default: the task's default model)")
     p.add_argument("--revision", help="model branch, tag or commit")
+    p.add_argument("--adapter", help="PEFT adapter (LoRA, ...) to run the model with: Hub id or local adapter folder")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--dataset", nargs="+", help="Hub dataset id, local dataset folder, or data files (globs ok)")
     src.add_argument("--inputs-file", type=Path,
@@ -161,7 +172,7 @@ def _spec_fields(args: argparse.Namespace) -> dict[str, Any]:
     if not args.task:
         raise HfqError("--task is required (unless --openai-batch gives each request's endpoint)")
     fields: dict[str, Any] = {k: getattr(args, k) for k in (
-        "task", "model", "revision", "dataset_config", "split", "dataset_revision", "column", "output_dir",
+        "task", "model", "revision", "adapter", "dataset_config", "split", "dataset_revision", "column", "output_dir",
         "chunk_size", "dtype", "quantization", "priority", "output") if getattr(args, k) is not None}
     if args.public:
         fields["output_private"] = False
@@ -377,6 +388,33 @@ def _flower(args: argparse.Namespace, settings: Settings) -> int:
 
     run_flower(settings, address=args.address or settings.flower_address, port=args.port or settings.flower_port,
                auth=not args.no_auth)
+    return 0
+
+
+def _api(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    from hfqueue.api.app import create_app
+
+    if not settings.api_keys:
+        print("hfq api: warning: HFQ_API_KEYS is empty, so every call but /health is refused; `hfq api-key NAME` "
+              "makes a key", file=sys.stderr)
+    uvicorn.run(create_app(settings), host=args.address or settings.api_address, port=args.port or settings.api_port,
+                log_level=settings.log_level.lower(), proxy_headers=False, server_header=False)
+    return 0
+
+
+def _api_key(args: argparse.Namespace, settings: Settings) -> int:
+    from hfqueue.api.keys import check_hashes, hash_key, new_key
+
+    key = new_key()
+    entry = {args.name: hash_key(key)}
+    try:
+        check_hashes(entry)  # a name the settings would refuse fails here, not at the API's start
+    except ValueError as exc:
+        raise HfqError(str(exc), value=args.name) from None
+    print(f"API key for {args.name} (shown once; give it to the client):\n  {key}\n"
+          f"add to HFQ_API_KEYS (a JSON object of every key's hash):\n  {json.dumps(entry)}")
     return 0
 
 

@@ -37,6 +37,8 @@ def plan_job(spec: JobSpec, settings: Settings, job_id: str) -> Plan:
     """
     assert spec.model is not None  # JobSpec fills in the task's default model
     check_model(spec.model, settings.input_roots)
+    if spec.adapter is not None:
+        check_model(spec.adapter, settings.input_roots, what="adapter")
     problem = tasks.get(spec.task).check_model(spec.model, spec.revision)
     if problem:
         raise InvalidSpecError(f"model {spec.model!r} cannot run task {spec.task!r}: {problem}", value=spec.model)
@@ -73,20 +75,26 @@ def messages(plan: Plan, job_id: str, only: set[int] | None = None) -> Iterator[
                "output_dir": str(plan.output_dir), "inputs": inline, "sent_at": time.time()}
 
 
-def check_model(model: str, roots: Sequence[Path]) -> None:
-    """A local model path must exist and lie inside ``roots``; anything else must be a well-formed Hub model id."""
+def check_model(model: str, roots: Sequence[Path], what: str = "model") -> None:
+    """A local model path must exist and lie inside ``roots``; anything else must be a well-formed Hub model id.
+
+    ``what="adapter"`` checks a PEFT adapter the same way; a local adapter folder must hold ``adapter_config.json``.
+    """
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
     path = Path(model).expanduser()
     if path.exists():
-        paths.check_readable(model, roots, "model folder")
+        paths.check_readable(model, roots, f"{what} folder")
         if not path.is_dir():
-            raise SourceNotFoundError(f"model path {model!r} is a file; give the model's folder", value=model)
+            raise SourceNotFoundError(f"{what} path {model!r} is a file; give the {what}'s folder", value=model)
+        if what == "adapter" and not (path / "adapter_config.json").is_file():
+            raise SourceNotFoundError(f"adapter folder {model!r} holds no adapter_config.json: give a folder written "
+                                      "by a PEFT model's save_pretrained", value=model)
         return
     if model.startswith((".", "/", "~")) or model.count("/") > 1:
-        raise SourceNotFoundError(f"model path {model!r} does not exist", value=model)
+        raise SourceNotFoundError(f"{what} path {model!r} does not exist", value=model)
     try:
         validate_repo_id(model)
     except HFValidationError as exc:
-        raise InvalidSpecError(f"model {model!r} is neither a local folder nor a Hub model id: {exc}",
+        raise InvalidSpecError(f"{what} {model!r} is neither a local folder nor a Hub {what} id: {exc}",
                                value=model) from None

@@ -91,14 +91,14 @@ def jobs_table(statuses: list[JobStatus], terminal: bool) -> str | Any:
 
 
 def workers_table(workers: list[WorkerInfo], terminal: bool) -> str | Any:
-    """Live workers with device, resident models and memory."""
+    """Live workers with their devices, resident models (and how many PEFT adapters each has applied) and memory."""
     header = ("WORKER", "DEVICE", "MODELS", "MEMORY", "METRICS", "UP")
     rows = []
     for w in workers:
         gpu = "".join(f" · {g['device']} {_mib(g['allocated'])}/{_mib(g['total'])}" for g in w.gpu)
-        models = ", ".join(f"{m['model']} ({m['task']})" for m in w.models) or "-"
-        rows.append((w.name, w.device, models, f"{_mib(w.rss_bytes)} RSS{gpu}", w.metrics_url or "-",
-                     f"{time.time() - w.started_at:.0f} s"))
+        models = ", ".join(f"{m['model']} ({m['task']}{_adapters(m)})" for m in w.models) or "-"
+        rows.append((w.name, ", ".join(w.devices) or w.device, models, f"{_mib(w.rss_bytes)} RSS{gpu}",
+                     w.metrics_url or "-", f"{time.time() - w.started_at:.0f} s"))
     return _table(header, rows, terminal)
 
 
@@ -113,6 +113,11 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], terminal: bool)
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
                      for line in [header, *rows])
+
+
+def _adapters(model: dict[str, Any]) -> str:
+    count = len(model.get("adapters") or [])
+    return f" + {count} adapter{'s' if count > 1 else ''}" if count else ""
 
 
 def _running_on(chunks: dict[int, dict[str, Any]]) -> list[str]:

@@ -36,6 +36,7 @@ def render(manifest: dict[str, Any], shards: list[Shard]) -> str:
         f"| task | `{spec['task']}` |",
         f"| model | `{spec['model']}` |",
         f"| model revision | `{revision}` |",
+        *([f"| adapter | `{spec['adapter']}` |"] if spec.get("adapter") else []),
         f"| parameters | `{options}` |",
         f"| source | `{source}`" + (f" (split `{spec['split']}`)" if spec.get("dataset") else "") + " |",
         f"| rows | {manifest['rows_total']} in, {manifest['rows_done']} results, {manifest['rows_failed']} errors |",

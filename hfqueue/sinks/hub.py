@@ -44,12 +44,7 @@ class Report:
 def upload(dest: Destination, shards: list[Shard], card: str, *, private: bool, commit_files: int,
            message: str) -> Report:
     """Send ``shards`` and the card to ``dest`` (a ``hub://`` destination); raise :class:`PublishError`."""
-    from huggingface_hub import (
-        CommitOperationAdd,
-        CommitOperationDelete,
-        HfApi,
-        get_token,
-    )
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, get_token
 
     assert dest.repo_id is not None
     if get_token() is None:

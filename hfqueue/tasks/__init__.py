@@ -34,6 +34,11 @@ def names() -> list[str]:
     return [a.name for a in _ADAPTERS]
 
 
+def known_names() -> list[str]:
+    """Every task name and alias a spec may give, sorted."""
+    return sorted(_BY_NAME)
+
+
 def canonical_name(name: str) -> str:
     """The canonical name of a task or alias; ValueError naming the known tasks when unknown."""
     try:

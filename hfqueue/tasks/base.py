@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from hfqueue.errors import ModelLoadError
-from hfqueue.tasks.loading import head_problem, load_weights, read_config, resolved_revision
+from hfqueue.tasks.loading import (head_problem, input_device, load_weights, placement, read_config,
+                                   resolved_revision)
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -39,6 +40,9 @@ class LoadedModel:
     revision: str | None
     extra: dict[str, Any] = field(default_factory=dict)
     name: str = ""  # the model id or folder the job named (set by the cache; a metrics label)
+    devices: list[str] = field(default_factory=list)  # where its weights lie, e.g. ["cuda:0", "cuda:1"]
+    peft: Any = None  # the PEFT adapters applied to it, once a job named one (hfqueue.worker.peft_adapters)
+    broken: bool = False  # an adapter that failed half-applied left it unusable: the cache loads it again
 
 
 class TaskAdapter:
@@ -112,8 +116,13 @@ class TaskAdapter:
     # ---- the worker side ----
 
     def load(self, model: str, *, revision: str | None, device: str, dtype: str, quantization: str | None,
-             trust_remote_code: bool) -> LoadedModel:
-        """Check the model fits, then load tokenizer/processor and weights once; the worker keeps them."""
+             trust_remote_code: bool, device_map: str | None = None,
+             max_memory: dict[str, str] | None = None) -> LoadedModel:
+        """Check the model fits, then load tokenizer/processor and weights once; the worker keeps them.
+
+        ``device_map="auto"`` spreads the weights over the devices accelerate finds (within ``max_memory``)
+        instead of putting them on ``device``; inputs then go to the device of the model's first layer.
+        """
         import transformers
 
         transformers.utils.logging.disable_progress_bar()  # a bar per load floods worker logs
@@ -125,12 +134,14 @@ class TaskAdapter:
                 raise ModelLoadError(f"model {model!r} cannot run task {self.name!r}: {problem}", value=model)
             processor = self.load_processor(model, revision=revision, trust_remote_code=trust_remote_code)
             net = load_weights(self.auto_class(config), model, config=config, revision=revision, device=device,
-                               dtype=dtype, quantization=quantization, trust_remote_code=trust_remote_code)
+                               dtype=dtype, quantization=quantization, trust_remote_code=trust_remote_code,
+                               device_map=device_map, max_memory=max_memory)
         except ModelLoadError:
             raise
         except Exception as exc:  # transformers raises OSError, ValueError, KeyError, ... for bad models
             raise ModelLoadError(f"cannot load model {model!r} for task {self.name!r}: {exc}", value=model) from exc
-        loaded = LoadedModel(net, processor, device, resolved_revision(model, net, revision))
+        loaded = LoadedModel(net, processor, input_device(net) if device_map else device,
+                             resolved_revision(model, net, revision), devices=placement(net))
         self.setup(loaded)
         return loaded
 

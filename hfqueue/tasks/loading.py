@@ -76,23 +76,54 @@ def _example(heads: tuple[str, ...], model_type: str | None) -> str:
 
 
 def load_weights(model_class: str, model: str, *, config: Any, revision: str | None, device: str, dtype: str,
-                 quantization: str | None, trust_remote_code: bool) -> Any:
+                 quantization: str | None, trust_remote_code: bool, device_map: str | None = None,
+                 max_memory: dict[str, str] | None = None) -> Any:
     """Load ``transformers.<model_class>`` weights on ``device``, in eval mode, with the ``config`` already read.
 
     ``quantization`` ("8bit"/"4bit") goes through bitsandbytes and needs a CUDA device and the
-    package; anything else raises :class:`ModelLoadError` saying which is missing.
+    package; anything else raises :class:`ModelLoadError` saying which is missing. ``device_map="auto"``
+    lets accelerate spread the weights over the GPUs and CPU memory it sees, each device holding at most
+    its ``max_memory`` entry (keys: GPU indexes as strings, or "cpu").
     """
     import torch
     import transformers
 
     kwargs: dict[str, Any] = {"config": config, "revision": revision, "trust_remote_code": trust_remote_code,
                               "dtype": "auto" if dtype == "auto" else getattr(torch, dtype)}
+    if device_map:
+        kwargs["device_map"] = device_map
+        if max_memory:
+            kwargs["max_memory"] = {int(k) if k.isdigit() else k: v for k, v in max_memory.items()}
     if quantization:
-        kwargs.update(quantization_config=_bnb_config(quantization, device), device_map=device)
+        kwargs.update(quantization_config=_bnb_config(quantization, device), device_map=device_map or device)
     net = getattr(transformers, model_class).from_pretrained(model, **kwargs)
-    if not quantization:  # a quantized model is placed by device_map and cannot be moved
+    if not quantization and not device_map:  # otherwise placed by device_map, and not to be moved
         net.to(device)
     return net.eval()
+
+
+def placement(net: Any) -> list[str]:
+    """The devices a loaded model's weights lie on: GPUs first (``cuda:0``, ``cuda:1``, ...), then ``cpu``, ``disk``."""
+    device_map = getattr(net, "hf_device_map", None)  # set by accelerate when it spread the model over devices
+    if not device_map:
+        return [str(net.device)]
+    names = {f"cuda:{d}" if isinstance(d, int) else str(d) for d in device_map.values()}
+    return sorted(names, key=lambda n: (not n.startswith("cuda"), len(n), n))
+
+
+def input_device(net: Any) -> str:
+    """Where a model spread by a device map takes its inputs: the device of its first layer (the embeddings)."""
+    try:
+        weight = getattr(net.get_input_embeddings(), "weight", None)
+    except (NotImplementedError, AttributeError):  # models without token embeddings (speech, vision)
+        weight = None
+    if weight is not None and weight.device.type != "meta":
+        return str(weight.device)
+    if net.device.type != "meta":
+        return str(net.device)
+    # Offloaded weights wait on the meta device; accelerate runs them on its main device: the first GPU, else CPU.
+    gpus = [d for d in placement(net) if d.startswith("cuda")]
+    return gpus[0] if gpus else "cpu"
 
 
 def _bnb_config(quantization: str, device: str) -> Any:

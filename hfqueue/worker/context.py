@@ -22,6 +22,7 @@ from hfqueue.store import JobStore
 from hfqueue.tasks.base import LoadedModel
 from hfqueue.worker.batching import TokenBudget
 from hfqueue.worker.models import ModelCache
+from hfqueue.worker.peft_adapters import Activation, adapters_of
 from hfqueue.worker.runner import RowResults, infer_rows
 
 
@@ -57,28 +58,39 @@ class WorkerContext:
     metrics_url: str | None = None  # where this process serves Prometheus metrics, once it does
 
     def model(self, adapter: tasks.TaskAdapter, spec: JobSpec, device: str) -> LoadedModel:
-        """The spec's model for ``adapter`` from the cache (loaded on a miss), once the worker allows it:
-        remote code only with HFQ_ALLOW_REMOTE_CODE, a local folder only inside HFQ_INPUT_ROOTS."""
+        """The spec's model for ``adapter`` from the cache (loaded on a miss), with the spec's PEFT adapter applied,
+        once the worker allows it: remote code only with HFQ_ALLOW_REMOTE_CODE, a local model or adapter folder
+        only inside HFQ_INPUT_ROOTS."""
         if spec.trust_remote_code and not self.settings.allow_remote_code:
             raise ModelLoadError("the job asks for trust_remote_code, which this worker does not allow "
                                  "(the operator can set HFQ_ALLOW_REMOTE_CODE=true)", value=spec.model)
-        try:  # every way to a model passes here, client.infer requests included
-            paths.check_model(str(spec.model), self.settings.input_roots)
-        except InvalidSpecError as exc:
-            raise ModelLoadError(f"this worker refuses the model: {exc}", value=spec.model) from None
+        # every way to a model passes here, client.infer requests included
+        for name, what in ((str(spec.model), "model"), (spec.adapter, "adapter")):
+            try:
+                if name is not None:
+                    paths.check_model(name, self.settings.input_roots, what=f"{what} folder")
+            except InvalidSpecError as exc:
+                raise ModelLoadError(f"this worker refuses the {what}: {exc}", value=name) from None
         with self.lock:
-            return self.models.get(adapter, str(spec.model), revision=spec.revision, device=device,
-                                   dtype=spec.dtype or self.settings.dtype, quantization=spec.quantization,
-                                   trust_remote_code=spec.trust_remote_code)
+            loaded = self.models.get(adapter, str(spec.model), revision=spec.revision, device=device,
+                                     dtype=spec.dtype or self.settings.dtype, quantization=spec.quantization,
+                                     trust_remote_code=spec.trust_remote_code)
+            if spec.adapter is not None:  # applied now, so an adapter that does not fit fails before any row runs
+                adapters_of(loaded, self.settings.adapter_cache_size).name(spec.adapter)
+            return loaded
 
     def run(self, spec: JobSpec, rows: list[Any], device: str, *, max_batch_tokens: int | TokenBudget,
             should_stop: Callable[[], bool] = lambda: False) -> tuple[LoadedModel, RowResults]:
-        """Run ``rows`` through the spec's resident model in batches, taking turns with the other thread."""
+        """Run ``rows`` through the spec's resident model in batches, taking turns with the other thread.
+
+        Each batch holds the lock with the spec's adapter (or none) set on the model for its forward pass.
+        """
         adapter = tasks.get(spec.task)
         loaded = self.model(adapter, spec, device)
+        turn = Activation(self.lock, loaded, spec.adapter, self.settings.adapter_cache_size)
         results = infer_rows(adapter, loaded, rows, spec.options, max_batch_size=self.settings.max_batch_size,
                              max_batch_tokens=max_batch_tokens, max_length=self.settings.max_length,
-                             should_stop=should_stop, lock=self.lock, prefetch=self.settings.prefetch(device),
+                             should_stop=should_stop, lock=turn, prefetch=self.settings.prefetch(device),
                              hooks=self.hooks)
         self.hooks.rows_done(adapter.name, loaded.name, ok=len(rows) - len(results.errors), failed=len(results.errors))
         return loaded, results

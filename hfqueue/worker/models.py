@@ -1,5 +1,5 @@
 """Models resident in a worker process: loaded once per (task, model, revision, device, dtype, quantization),
-LRU-bounded."""
+LRU-bounded. PEFT adapters are applied on top of these (hfqueue.worker.peft_adapters), not loaded as models."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import gc
 import logging
 import time
 from collections import OrderedDict
+from typing import Any
 
 from hfqueue.monitoring.hooks import Hooks
 from hfqueue.tasks.base import LoadedModel, TaskAdapter
@@ -32,33 +33,51 @@ def resolve_device(device: str) -> str:
 class ModelCache:
     """A bounded least-recently-used cache of loaded models."""
 
-    def __init__(self, size: int, hooks: Hooks | None = None) -> None:
+    def __init__(self, size: int, hooks: Hooks | None = None, *, device_map: str | None = None,
+                 max_memory: dict[str, str] | None = None) -> None:
         self.size = size
         self.hooks = hooks or Hooks()
+        self.device_map, self.max_memory = device_map, max_memory  # HFQ_DEVICE_MAP, HFQ_MAX_MEMORY
         self._models: OrderedDict[ModelKey, LoadedModel] = OrderedDict()
-        self._keys: tuple[ModelKey, ...] = ()  # replaced whole on change: other threads read it without the lock
+        # replaced whole on change: other threads read it without the lock
+        self._entries: tuple[tuple[ModelKey, LoadedModel], ...] = ()
         self.loads = 0
 
-    def resident(self) -> list[dict[str, str | None]]:
-        """The resident models, oldest load first: task, model, revision, device, dtype, quantization."""
+    def resident(self) -> list[dict[str, Any]]:
+        """The resident models, oldest load first: task, model, revision, device, dtype, quantization, the devices
+        their weights lie on and the PEFT adapters applied to them (least recently used first)."""
         names = ("task", "model", "revision", "device", "dtype", "quantization")
-        return [dict(zip(names, key, strict=True)) for key in self._keys]
+        return [{**dict(zip(names, key, strict=True)), "devices": list(loaded.devices),
+                 "adapters": list(loaded.peft.sources) if loaded.peft is not None else []}
+                for key, loaded in self._entries]
+
+    def devices(self) -> list[str]:
+        """Every device the resident models' weights lie on (GPUs first)."""
+        names = {d for _, loaded in self._entries for d in loaded.devices}
+        return sorted(names, key=lambda n: (not n.startswith("cuda"), len(n), n))
 
     def get(self, adapter: TaskAdapter, model: str, *, revision: str | None, device: str, dtype: str,
             quantization: str | None = None, trust_remote_code: bool = False) -> LoadedModel:
         """The loaded model for this key, loading it (and evicting the oldest) on a miss."""
         key: ModelKey = (adapter.name, model, revision, device, dtype, quantization)
+        if key in self._models and self._models[key].broken:
+            logger.warning("dropping %s (%s): an adapter that failed to load left it unusable", model, adapter.name)
+            del self._models[key]
+            self._entries = tuple(self._models.items())
+            free_device_memory(device)
         if key in self._models:
             self._models.move_to_end(key)
             self.hooks.cache_hit(adapter.name, model)
             return self._models[key]
         started = time.perf_counter()
         loaded = adapter.load(model, revision=revision, device=device, dtype=dtype, quantization=quantization,
-                              trust_remote_code=trust_remote_code)
+                              trust_remote_code=trust_remote_code, device_map=self.device_map,
+                              max_memory=self.max_memory)
         loaded.name = model
         seconds = time.perf_counter() - started
         self.loads += 1
-        logger.info("loaded %s for %s on %s in %.1f s", model, adapter.name, device, seconds)
+        where = ", ".join(loaded.devices) or device
+        logger.info("loaded %s for %s on %s in %.1f s", model, adapter.name, where, seconds)
         self.hooks.model_loaded(adapter.name, model, seconds=seconds)
         self._models[key] = loaded
         while len(self._models) > self.size:
@@ -66,7 +85,7 @@ class ModelCache:
             logger.info("evicted %s (%s) from the model cache", old_key[1], old_key[0])
             self.hooks.model_evicted(old_key[0], old_key[1])
             free_device_memory(device)
-        self._keys = tuple(self._models)
+        self._entries = tuple(self._models.items())
         self.hooks.models_resident(len(self._models))
         return loaded
 

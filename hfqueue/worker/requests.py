@@ -73,7 +73,7 @@ def _beat_forever(ctx: WorkerContext, lane: Lane) -> None:
         try:
             lane.heartbeat()
             info = presence.this_process(ctx.worker, ctx.settings.queue, device, started, ctx.metrics_url,
-                                         ctx.models.resident())
+                                         ctx.models.resident(), ctx.models.devices())
             presence.publish(ctx.store.r, info, keep=ctx.settings.job_ttl)
             routing.announce(ctx.store.r, ctx.settings.queue, ctx.worker, keep=ctx.settings.job_ttl)
             moved = routing.sweep(ctx.store.r, ctx.settings.queue,

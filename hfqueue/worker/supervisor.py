@@ -75,6 +75,13 @@ class Supervisor:
 
     def __init__(self, settings: Settings, gpus: list[str], name: str | None = None,
                  loglevel: str | None = None) -> None:
+        if settings.device_map is not None:
+            # Each worker here sees one GPU; a device map exists to spread one model over several.
+            raise ConfigError("`hfq worker --gpus` pins one worker to each GPU, and HFQ_DEVICE_MAP=auto spreads each "
+                              "model over every GPU its worker sees: use one or the other. For models larger than one "
+                              "GPU, run `hfq worker` without --gpus (it owns every visible GPU; narrow them with "
+                              "CUDA_VISIBLE_DEVICES or HFQ_MAX_MEMORY); otherwise unset HFQ_DEVICE_MAP",
+                              value=settings.device_map)
         host = socket.gethostname()
         base = name.split("@", 1)[0] if name else f"hfq-{os.getpid()}"
         # The workers inherit this process's environment (HFQ_* settings, HF_* variables) plus their GPU.

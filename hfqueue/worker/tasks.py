@@ -70,7 +70,8 @@ def context() -> WorkerContext:
         assert _settings is not None and _url is not None, "register() was not called"
         hooks = PrometheusHooks(_node, resolve_device(_settings.device))
         _context = WorkerContext(_settings, JobStore(redis_client(_url, _settings), _settings.job_ttl),
-                                 ModelCache(_settings.model_cache_size, hooks), hooks=hooks, worker=_node)
+                                 ModelCache(_settings.model_cache_size, hooks, device_map=_settings.device_map,
+                                            max_memory=_settings.max_memory), hooks=hooks, worker=_node)
     return _context
 
 

@@ -352,6 +352,7 @@ def test_rediss_with_a_verified_certificate_runs_a_job(settings: Settings, worke
 # Patterns are regular expressions matched against the whole key.
 OWNED = {
     r"hfq:jobs": "JobStore: sorted set of job ids, pruned of expired jobs by JobStore.create and job_ids",
+    r"hfq:batches": "openai_batch.batch.submit: sorted set of batch ids, pruned of expired batches on each submit",
     r"hfq:requests:[^:]+": "request lane of a queue: workers take its entries; Redis drops the list once empty",
     r"_kombu\.binding\..+": "kombu: a queue's bindings to its exchange, one small set per exchange",
     r"_kombu\.binding_permanent\..+": "kombu: the bindings of queues without x-expires, per exchange",
@@ -371,6 +372,11 @@ def test_every_key_has_a_ttl_or_an_owner(client: Client, idle_client: Client, en
     client.infer("feature-extraction", texts[:2], str(encoder), timeout=30)
     idle_client.submit(task="feature-extraction", model=str(encoder), inputs=texts[:40], chunk_size=4).cancel()
     client.workers()  # a control round trip leaves its reply queue behind
+    # and an OpenAI batch that completed, and one cancelled
+    line = {"custom_id": "a", "method": "POST", "url": "/v1/embeddings", "body": {"model": str(encoder), "input": "x"}}
+    (tmp_path / "batch.jsonl").write_text(json.dumps(line) + "\n")
+    client.submit_openai_batch(tmp_path / "batch.jsonl").wait(timeout=30)
+    idle_client.submit_openai_batch(tmp_path / "batch.jsonl").cancel()
 
     # when every key of the database is looked at
     keys = sorted(r.scan_iter(count=1000))

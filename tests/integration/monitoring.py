@@ -19,7 +19,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from hfqueue import Client, Settings
-from tests.conftest import WorkerProcess
+from tests.conftest import WorkerProcess, wait_serving
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07|\r")
 
@@ -67,17 +67,8 @@ def start_flower(env: dict[str, str], port: int, log: Path, *args: str) -> subpr
     with log.open("wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "hfqueue", "flower", "--port", str(port), *args], env=env,
                                 stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if requests.get(f"http://127.0.0.1:{port}/healthcheck", timeout=2).ok:
-                return proc
-        except requests.ConnectionError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError(f"flower did not start:\n{log.read_text()[-3000:]}")
-        time.sleep(0.2)
+    wait_serving(f"http://127.0.0.1:{port}/healthcheck", proc, log, "flower")
+    return proc
 
 
 def in_terminal(args: list[str], env: dict[str, str], timeout: float = 90) -> tuple[int, str]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import json
 import re
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
@@ -23,6 +22,7 @@ import transformers
 from hfqueue import Client, Settings
 from hfqueue.openai_batch.handle import OpenAIBatch
 from tests.conftest import settings_env
+from tests.task_models import without_chat_template
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -229,12 +229,7 @@ def test_mixed_batch_values_equal_the_models_called_directly(mixed: MixedRun, ca
 def test_requests_for_models_that_cannot_run_fail_alone(client: Client, causal_lm: Path, encoder: Path,
                                                         tmp_path: Path) -> None:
     # given a copy of the causal LM whose tokenizer has no chat template, and a model path that does not exist
-    no_template = tmp_path / "no-template"
-    shutil.copytree(causal_lm, no_template)
-    (no_template / "chat_template.jinja").unlink(missing_ok=True)
-    config = json.loads((no_template / "tokenizer_config.json").read_text())
-    config.pop("chat_template", None)
-    (no_template / "tokenizer_config.json").write_text(json.dumps(config))
+    no_template = without_chat_template(causal_lm, tmp_path / "no-template")
     assert transformers.AutoTokenizer.from_pretrained(no_template).chat_template is None
     missing = str(tmp_path / "no-such-model")
     path = write_jsonl(tmp_path / "requests.jsonl", [

@@ -4,9 +4,7 @@ known only on the worker → the job fails with the reason."""
 
 from __future__ import annotations
 
-import json
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +12,7 @@ import datasets
 import pytest
 
 from hfqueue import Client, InvalidSpecError, JobFailedError, JobSpec, SourceNotFoundError
+from tests.task_models import without_chat_template
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -95,12 +94,7 @@ def test_quantization_on_a_cpu_worker_fails_the_job_with_the_reason(client: Clie
 def test_chat_rows_for_a_model_without_a_chat_template_fail_the_job(client: Client, causal_lm: Path,
                                                                     tmp_path: Path) -> None:
     # given a copy of the causal LM whose tokenizer has no chat template
-    model = tmp_path / "no-template"
-    shutil.copytree(causal_lm, model)
-    (model / "chat_template.jinja").unlink(missing_ok=True)
-    config = json.loads((model / "tokenizer_config.json").read_text())
-    config.pop("chat_template", None)
-    (model / "tokenizer_config.json").write_text(json.dumps(config))
+    model = without_chat_template(causal_lm, tmp_path / "no-template")
 
     # when a job sends it chat messages
     job = client.submit(task="text-generation", model=str(model), inputs=[[{"role": "user", "content": "hi"}]])

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.timeout(60)
 def test_compose_services_run_commands_the_cli_accepts(variant: str) -> None:
     # given the services that run hfqueue's image
     services = hfq_services(compose(variant))
-    assert set(services) == {"worker", "flower", "producer"}
+    assert set(services) == {"worker", "flower", "api", "producer"}
 
     # then each command (after the `hfq` entrypoint) and each hfq health check parses
     for name, service in services.items():
@@ -33,6 +33,7 @@ def test_compose_services_run_commands_the_cli_accepts(variant: str) -> None:
             hfq_accepts(test[test.index("hfq") + 1:], f"{variant} compose service {name} health check")
     assert services["worker"]["command"] == (["worker", "--gpus", "all"] if variant == "gpu" else ["worker"])
     assert services["flower"]["command"][0] == "flower" and services["producer"]["command"][0] == "run"
+    assert services["api"]["command"][0] == "api"
 
 
 def test_every_hfq_variable_the_deployment_files_name_is_a_setting() -> None:

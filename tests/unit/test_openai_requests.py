@@ -9,12 +9,7 @@ import pytest
 
 from hfqueue import tasks
 from hfqueue.openai_batch import requests as openai_requests
-from hfqueue.openai_batch.requests import (
-    ENDPOINTS,
-    Request,
-    group_requests,
-    parse_lines,
-)
+from hfqueue.openai_batch.requests import ENDPOINTS, Request, group_requests, parse_lines
 
 pytestmark = pytest.mark.timeout(30)
 

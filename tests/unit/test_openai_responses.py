@@ -11,12 +11,7 @@ import numpy as np
 import pytest
 
 from hfqueue.openai_batch.requests import Request, parse_lines
-from hfqueue.openai_batch.responses import (
-    encode_base64,
-    failed_line,
-    invalid_line,
-    output_line,
-)
+from hfqueue.openai_batch.responses import encode_base64, failed_line, invalid_line, output_line
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -1,0 +1,38 @@
+"""Who owns what through the API: every job, batch and file records its API key's name, and each name has an
+index of its own, so a list shows a key only its own things and a lookup of another's answers 404."""
+
+from __future__ import annotations
+
+import time
+
+from hfqueue.jobs import Keys
+from hfqueue.store import JobStore
+
+
+def own(store: JobStore, owner: str, kind: str, item_id: str) -> None:
+    """Add ``item_id`` to ``owner``'s index of ``kind`` (jobs, batches, files)."""
+    now = time.time()
+    key = Keys.owned(owner, kind)
+    with store.r.pipeline() as p:
+        p.zadd(key, {item_id: now})
+        p.zremrangebyscore(key, "-inf", now - store.ttl)
+        p.expire(key, store.ttl)
+        p.execute()
+
+
+def page(store: JobStore, owner: str, kind: str, limit: int, after: str | None) -> tuple[list[str], bool]:
+    """Newest first: up to ``limit`` ids after the id ``after`` (exclusive), and whether more follow."""
+    key = Keys.owned(owner, kind)
+    start = 0
+    if after is not None:
+        rank = store.r.zrevrank(key, after)
+        if rank is None:
+            return [], False
+        start = rank + 1
+    ids = store.r.zrevrange(key, start, start + limit)
+    return ids[:limit], len(ids) > limit
+
+
+def owns(store: JobStore, owner: str, kind: str, item_id: str) -> bool:
+    """Whether ``item_id`` is in ``owner``'s index."""
+    return store.r.zscore(Keys.owned(owner, kind), item_id) is not None
