@@ -96,8 +96,10 @@ def _published(store: JobStore, job_id: str, settings: Settings, output: str) ->
     sync_manifest(store, job_id)
     try:
         report = publish(folder, settings)
-    except HfqError as exc:
-        logger.error("job %s: publishing to %s failed: %s", job_id, output, exc)
+    except Exception as exc:  # noqa: BLE001 - also a chunk's soft time limit, or a bug: never leave it finalizing
+        logger.error("job %s: publishing to %s failed: %s", job_id, output, exc, exc_info=not isinstance(exc, HfqError))
+        if not isinstance(exc, HfqError):
+            exc = HfqError(f"{type(exc).__name__}: {exc}")
         if store.transition(job_id, JobState.FAILED, allowed_from=(JobState.FINALIZING.value,),
                             time_field="finished_at",
                             error=f"every row ran and the results are in {folder}, but publishing them to {output} "

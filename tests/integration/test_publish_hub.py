@@ -165,3 +165,24 @@ def _value(client: Client, key: str) -> object:
     r = client.store.r
     return {"string": r.get, "hash": r.hgetall, "list": lambda k: r.lrange(k, 0, -1), "set": r.smembers,
             "zset": lambda k: r.zrange(k, 0, -1)}.get(kind, lambda k: None)(key)
+
+
+def test_an_hf_fsspec_url_copies_the_files_into_an_existing_repo(client: Client, hub: FakeHub, encoder: Path,
+                                                                 texts: list[str]) -> None:
+    # given a Hub dataset repo (made by a hub:// job) and a second job whose output is an hf:// folder in it
+    client.submit(task="feature-extraction", model=str(encoder), inputs=texts[:4],
+                  output="hub://acme/fs-target").wait(timeout=90)
+    job = client.submit(task="feature-extraction", model=str(encoder), inputs=texts[:12], chunk_size=6,
+                        output="hf://datasets/acme/fs-target/copy")
+
+    # when it finishes
+    status = job.wait(timeout=90)
+
+    # then fsspec's HfFileSystem wrote the same layout under copy/, beside what the first job published
+    assert status.state == JobState.COMPLETED
+    files = hub.files("acme/fs-target")
+    copied = {p: b for p, b in files.items() if p.startswith("copy/")}
+    assert "copy/README.md" in copied and any(p.startswith("data/") for p in files)
+    rows = [row for name in sorted(p for p in copied if p.endswith(".parquet"))
+            for row in pq.read_table(io.BytesIO(copied[name])).to_pylist()]
+    assert [r["row_idx"] for r in rows] == list(range(12))
