@@ -22,7 +22,7 @@ from hfqueue import Client, Job, Settings
 from hfqueue.embedded import free_port
 from hfqueue.worker.app import CHUNK_TASK
 from tests.browser import Browser, browser  # noqa: F401 - the fixture
-from tests.conftest import WorkerProcess, settings_env, wait_for
+from tests.conftest import WorkerProcess, settings_env, wait_for, wait_serving
 from tests.dashboard import queried_metrics
 from tests.fault_models import POISON, build_fault_encoder
 from tests.integration.monitoring import Monitored, families, in_terminal, start_flower, total
@@ -48,6 +48,8 @@ def monitored(settings: Settings, worker_factory: Callable[..., WorkerProcess],
                                        "metrics_address": "127.0.0.1", "allow_remote_code": True,
                                        "max_batch_size": 4, "flower_password": SecretStr("s3cret-for-tests")})
     worker = worker_factory(mine)
+    # Ready means the worker answers a ping; its serving child starts the metrics endpoint a moment later.
+    wait_serving(f"http://127.0.0.1:{mine.metrics_port}/metrics", worker.proc, worker.log, "worker metrics", 30)
     port = free_port()
     flower = start_flower(settings_env(mine), port, tmp_path_factory.mktemp("flower") / "flower.log")
     with Client(mine) as client:
