@@ -31,7 +31,8 @@ Endpoint = Literal["/v1/chat/completions", "/v1/completions", "/v1/embeddings"] 
 _OUTPUTS = {"out": OUTPUT, "err": ERRORS}
 # OpenAPI links: what a stored file's or a created batch's id leads to.
 _FILE_LINKS = {name: {"operationId": op, "parameters": {"file_id": "$response.body#/id"}}
-               for name, op in (("GetFile", "getFile"), ("GetFileContent", "getFileContent"))}
+               for name, op in (("GetFile", "getFile"), ("GetFileContent", "getFileContent"),
+                                ("DeleteFile", "deleteFile"))}
 _BATCH_LINKS = {name: {"operationId": op, "parameters": {"batch_id": "$response.body#/id"}}
                 for name, op in (("GetBatch", "getBatch"), ("CancelBatch", "cancelBatch"))}
 
@@ -46,6 +47,14 @@ class FileObject(BaseModel):
     filename: str
     purpose: str
     status: str = "processed"
+
+
+class FileDeleted(BaseModel):
+    """What ``client.files.delete`` gets back."""
+
+    id: str
+    object: Literal["file"] = "file"
+    deleted: bool
 
 
 class BatchCreate(BaseModel):
@@ -144,6 +153,18 @@ def file_content(file_id: str, request: Request, who: str = Depends(owner)) -> F
     """The file's content: a batch input, output or error file (JSONL)."""
     meta, path = _file(request, who, file_id)
     return FileResponse(path, media_type="application/jsonl", filename=meta["filename"])
+
+
+@router.delete("/files/{file_id}", response_model=FileDeleted, operation_id="deleteFile", responses=errors(404, 409))
+def delete_file(file_id: str, request: Request, who: str = Depends(owner)) -> FileDeleted:
+    """Delete an uploaded file (batches made from it keep running: they read it when created). A batch's output and
+    error files go with the batch and cannot be deleted on their own."""
+    meta, _ = _file(request, who, file_id)
+    if meta["purpose"] != "batch":
+        raise HTTPException(409, f"{file_id} is a batch's {meta['filename']}: it is kept with its batch")
+    _uploads(request).delete(file_id)
+    owners.disown(client_of(request).store, who, "files", file_id)
+    return FileDeleted(id=file_id, deleted=True)
 
 
 @router.post("/batches", response_model=BatchObject, operation_id="createBatch",

@@ -36,3 +36,8 @@ def page(store: JobStore, owner: str, kind: str, limit: int, after: str | None) 
 def owns(store: JobStore, owner: str, kind: str, item_id: str) -> bool:
     """Whether ``item_id`` is in ``owner``'s index."""
     return store.r.zscore(Keys.owned(owner, kind), item_id) is not None
+
+
+def disown(store: JobStore, owner: str, kind: str, item_id: str) -> None:
+    """Take ``item_id`` out of ``owner``'s index (it was deleted)."""
+    store.r.zrem(Keys.owned(owner, kind), item_id)

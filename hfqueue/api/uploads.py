@@ -55,6 +55,11 @@ class Uploads:
         except FileNotFoundError:
             return None
 
+    def delete(self, file_id: str) -> None:
+        """Remove an uploaded file and its metadata (the metadata first: from then on the id is unknown)."""
+        (self.folder / f"{file_id}.json").unlink(missing_ok=True)
+        (self.folder / file_id).unlink(missing_ok=True)
+
     def path(self, file_id: str) -> Path:
         """Where an uploaded file's bytes are."""
         return self.folder / file_id

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx2 as httpx
 import pyarrow.parquet as pq
 import pytest
-from openai import OpenAI
+from openai import NotFoundError, OpenAI
 
 from hfqueue import Client
 from tests.api_server import ApiServer, api_fixture
@@ -230,6 +230,12 @@ def test_the_openai_client_runs_a_batch_end_to_end(api: ApiServer, worker: Worke
     assert [(e["error"]["code"], e["error"]["line"]) for e in errors] == [("invalid_json", 3)]
     assert batch.id in [b.id for b in client.batches.list()]
     assert client.files.retrieve(uploaded.id).bytes == path.stat().st_size
+    # and the input file can be deleted, after which it is gone from the API; the batch's output file stays
+    assert client.files.delete(uploaded.id).deleted is True
+    with pytest.raises(NotFoundError):
+        client.files.retrieve(uploaded.id)
+    assert uploaded.id not in [f.id for f in client.files.list()]
+    assert client.files.content(batch.output_file_id).text
 
 
 def test_the_openai_client_cancels_a_batch(idle_api: ApiServer, encoder: Path) -> None:
@@ -264,4 +270,4 @@ def test_the_published_openapi_document_holds_against_the_running_server(idle_ap
 
     # then the document is valid and every response conforms to it (status codes, content types, schemas, auth)
     assert run.returncode == 0, run.stdout[-5000:] + run.stderr[-2000:]
-    assert "Tested: 16" in run.stdout
+    assert "Tested: 17" in run.stdout
