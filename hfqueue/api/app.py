@@ -4,7 +4,6 @@ errors in OpenAI's shape (``{"error": {"message", "type", "param", "code"}}``) s
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -127,13 +126,17 @@ def create_app(settings: Settings) -> FastAPI:
     return app
 
 
+def error_response(status: int, message: str, kind: str, param: str | None = None, code: str | None = None,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
+    """An error in the one shape every response uses (:class:`ErrorBody`)."""
+    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}},
+                        status_code=status, headers=headers)
+
+
 def _handlers(app: FastAPI) -> None:
     """Map every error to the one JSON shape and the status a client can act on."""
 
-    def body(status: int, message: str, kind: str, param: str | None = None, code: str | None = None,
-             headers: dict[str, str] | None = None) -> JSONResponse:
-        return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}},
-                            status_code=status, headers=headers)
+    body = error_response
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -204,8 +207,10 @@ class BodyLimit:
 
 
 async def _too_large(send: Callable[[dict[str, Any]], Awaitable[None]], message: str) -> None:
-    payload = json.dumps({"error": {"message": message,
-                                    "type": "request_too_large", "param": None, "code": None}}).encode()
-    await send({"type": "http.response.start", "status": 413,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]})
-    await send({"type": "http.response.body", "body": payload})
+    # Before any route runs, so the app's handlers cannot answer: the same JSON response, sent by hand.
+    await error_response(413, message, "request_too_large")(
+        {"type": "http"}, _no_body, send)  # type: ignore[arg-type]
+
+
+async def _no_body() -> dict[str, Any]:
+    return {"type": "http.request", "body": b"", "more_body": False}

@@ -242,9 +242,9 @@ def _file(request: Request, who: str, file_id: str) -> tuple[dict[str, Any], Pat
         return meta, uploads.path(file_id)
     kind, _, hexid = file_id.removeprefix("file-").partition("-")
     batch_id = f"batch_{hexid}"
-    if kind in _OUTPUTS and hexid.isalnum() and client.store.r.hget(Keys.batch(batch_id), "owner") == who:
-        folder = Path(client.store.r.hget(Keys.batch(batch_id), "output_dir") or "")
-        path = folder / _OUTPUTS[kind]
+    owner_name, folder = client.store.r.hmget(Keys.batch(batch_id), ["owner", "output_dir"])
+    if kind in _OUTPUTS and hexid.isalnum() and owner_name == who:
+        path = Path(folder or "") / _OUTPUTS[kind]
         if path.exists():
             stat = path.stat()
             return {"id": file_id, "bytes": stat.st_size, "created_at": int(stat.st_mtime), "filename": path.name,

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 FINAL = ("completed", "failed", "expired", "cancelled")
+OPEN = ("in_progress", "finalizing", "cancelling")  # jobs sent, output files not written yet
 _TIMES = ("in_progress_at", "finalizing_at", "completed_at", "failed_at", "expired_at", "cancelling_at", "cancelled_at")
 MAX_LISTED_ERRORS = 100  # the batch object lists this many rejected lines; errors.jsonl has them all
 
@@ -144,16 +145,17 @@ def _fitting(groups: list[Group], max_rows: int) -> Iterable[Group]:
             yield group.model_copy(update={"requests": part})
 
 
-def job_ended(store: JobStore, batch_id: str) -> None:
+def job_ended(store: JobStore, batch_id: str, plan: files.Plan | None = None) -> None:
     """A job of the batch reached a final state: once all have, write the output files and end the batch.
 
-    Safe to call any number of times from anywhere: one caller wins the claim and writes the files.
+    Safe to call any number of times from anywhere: one caller wins the claim and writes the files. ``plan``: the
+    batch's plan when the caller has read it already (it never changes after submit).
     """
     rec = store.r.hgetall(Keys.batch(batch_id))
-    if rec.get("state") not in ("in_progress", "finalizing", "cancelling") or not files.has_plan(
-            Path(rec["output_dir"])):
+    if rec.get("state") not in OPEN or not files.has_plan(Path(rec["output_dir"])):
         return  # still validating (or cancelled then): submit calls again once the plan and the jobs are written
-    for job_id in files.read_plan(Path(rec["output_dir"])).by_job:  # the plan, written before any job can end
+    plan = plan or files.read_plan(Path(rec["output_dir"]))  # written before any job can end
+    for job_id in plan.by_job:
         state = store.state(job_id)
         if state is not None and not state.is_final:
             return
@@ -164,7 +166,7 @@ def job_ended(store: JobStore, batch_id: str) -> None:
         store.move(Keys.batch(batch_id), "finalizing", ("in_progress", "finalizing"), "finalizing_at")
     folder = Path(rec["output_dir"])
     try:
-        completed, failed = files.assemble(store, folder, cancelled=cancelling)
+        completed, failed = files.assemble(store, folder, plan, cancelled=cancelling)
     except Exception:
         # Left finalizing with the claim given back: the next look at the batch (status, wait) tries again.
         store.r.delete(Keys.batch_claim(batch_id))

@@ -123,11 +123,10 @@ def progress(store: JobStore, plan: Plan) -> int:
     return done_requests
 
 
-def assemble(store: JobStore, folder: Path, *, cancelled: bool) -> tuple[int, int]:
+def assemble(store: JobStore, folder: Path, plan: Plan, *, cancelled: bool) -> tuple[int, int]:
     """Write ``output.jsonl`` and ``errors.jsonl`` from the ended jobs; return (requests completed, failed)."""
     import time
 
-    plan = read_plan(folder)
     created = int(time.time())
     errors: list[tuple[int, dict[str, Any]]] = [(e.line, invalid_line(e)) for e in plan.invalid]
     completed = 0

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hfqueue.errors import WaitTimeoutError
+from hfqueue.jobs import Keys
 from hfqueue.openai_batch import batch, files
 
 if TYPE_CHECKING:
@@ -33,12 +34,11 @@ class OpenAIBatch:
     def status(self) -> dict[str, Any]:
         """The batch as OpenAI's Batch object: ``status`` (validating, in_progress, finalizing, completed, failed,
         cancelling, cancelled), ``request_counts``, the times, and the output and error files' paths."""
-        rec = batch.status(self.client.store, self.id, self._plan_once())
-        if rec["status"] in ("in_progress", "finalizing", "cancelling"):
+        plan = self._plan_once()
+        if self.client.store.r.hget(Keys.batch(self.id), "state") in batch.OPEN:
             # Writing the files may have died with its process; whoever looks next finishes it.
-            batch.job_ended(self.client.store, self.id)
-            rec = batch.status(self.client.store, self.id, self._plan_once())
-        return rec
+            batch.job_ended(self.client.store, self.id, plan)
+        return batch.status(self.client.store, self.id, plan)
 
     def wait(self, timeout: float | None = None, poll_interval: float = 1.0) -> dict[str, Any]:
         """Block until the batch is completed, failed or cancelled; return its final object.

@@ -58,10 +58,8 @@ def upload(dest: Destination, shards: list[Shard], card: str, *, private: bool, 
         retry(lambda: api.create_branch(repo, repo_type="dataset", branch=revision, exist_ok=True),
                f"create branch {revision} of {repo}")
     remote = retry(lambda: _listing(api, repo, revision), f"list {repo}@{revision}")
-    missing = []
-    for shard in shards:
-        (report.kept if remote.get(shard.path_in_repo) == shard.sha256 else missing).append(shard)
-    report.kept = [s.path_in_repo for s in report.kept]  # type: ignore[misc]
+    missing = [s for s in shards if remote.get(s.path_in_repo) != s.sha256]
+    report.kept = [s.path_in_repo for s in shards if remote.get(s.path_in_repo) == s.sha256]
     for start in range(0, len(missing), commit_files):
         batch = missing[start:start + commit_files]
         ops = [CommitOperationAdd(path_in_repo=s.path_in_repo, path_or_fileobj=str(s.local)) for s in batch]

@@ -36,13 +36,13 @@ def upload(dest: Destination, shards: list[Shard], card: str) -> Report:
         if _size(fs, target) == shard.size:
             report.kept.append(shard.path_in_repo)
             continue
-        retry(lambda target=target, shard=shard: _put(fs, str(shard.local), target),  # type: ignore[misc]
-               f"copy {shard.path_in_repo} to {dest.url}")
+        local = str(shard.local)
+        retry(lambda t=target, f=local: _put(fs, f, t, dest.is_local), f"copy {shard.path_in_repo} to {dest.url}")
         report.sent.append(shard.path_in_repo)
     with tempfile.NamedTemporaryFile("w", suffix=".md", delete=False) as fh:
         fh.write(card)
     try:
-        retry(lambda: _put(fs, fh.name, f"{root}/README.md"), f"write README.md to {dest.url}")
+        retry(lambda: _put(fs, fh.name, f"{root}/README.md", dest.is_local), f"write README.md to {dest.url}")
     finally:
         os.unlink(fh.name)
     logger.info("copied %d shards to %s (%d were there already)", len(report.sent), dest.url, len(report.kept))
@@ -56,10 +56,10 @@ def _size(fs: object, path: str) -> int | None:
         return None
 
 
-def _put(fs: object, local: str, target: str) -> None:
+def _put(fs: object, local: str, target: str, is_local: bool) -> None:
     parent = target.rsplit("/", 1)[0]
     fs.makedirs(parent, exist_ok=True)  # type: ignore[attr-defined]
-    if getattr(fs, "protocol", None) in ("file", ("file", "local")):
+    if is_local:
         # A reader of a local folder must never see half a file: copy beside it, then rename.
         tmp = f"{parent}/.{target.rsplit('/', 1)[1]}.tmp"
         fs.put_file(local, tmp)  # type: ignore[attr-defined]
