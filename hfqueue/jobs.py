@@ -6,7 +6,7 @@ import enum
 import time
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
 from hfqueue import tasks
 
@@ -75,6 +75,8 @@ class JobSpec(BaseModel):
     quantization: Literal["8bit", "4bit"] | None = Field(
         None, description="Load weights quantized with bitsandbytes (CUDA workers with bitsandbytes only).")
     trust_remote_code: bool = Field(False, description="Run code shipped with the model (worker must allow it).")
+    truncate: StrictBool = Field(True, description="Cut a row longer than the model takes to its input limit (and "
+                                 "count it); false: send such a row to the error file instead.")
     priority: Literal["high", "normal", "low"] = Field(
         "normal", description="Queued chunks of higher priority run first (strict: low runs when nothing else waits).")
 
@@ -101,7 +103,10 @@ class JobSpec(BaseModel):
             self.model, default_revision = adapter.default_model
             self.revision = self.revision or default_revision
         self.columns = adapter.resolve_columns(self.column, self.columns)
-        if len(adapter.fields) == 1:
+        for name in adapter.optional_fields:  # inline rows that hold an optional field (a text_pair) echo it too
+            if self.dataset is None and any(isinstance(row, dict) and name in row for row in self.inputs or []):
+                self.columns.setdefault(name, name)
+        if len(self.columns) == 1:
             self.column = self.columns[adapter.fields[0]]
         self.options = adapter.validate_options(self.options)
         for i, row in enumerate(self.inputs or []):
@@ -187,6 +192,7 @@ class JobStatus(BaseModel):
     rows_total: int
     rows_done: int = 0
     rows_failed: int = 0
+    rows_truncated: int = 0  # of rows_done: rows cut to the model's input limit
     chunks_total: int
     chunks_done: int = 0
     chunks_failed: int = 0

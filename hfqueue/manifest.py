@@ -42,6 +42,8 @@ def sync_manifest(store: JobStore, job_id: str) -> dict[str, Any]:
         rows_total=status.rows_total,
         rows_done=status.rows_done,
         rows_failed=status.rows_failed,
+        rows_truncated=status.rows_truncated,
+        resolved=json.loads(rec["resolved"]) if rec.get("resolved") else None,
         chunks_total=status.chunks_total,
         chunks_done=status.chunks_done,
         chunks_failed=status.chunks_failed,

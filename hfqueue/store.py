@@ -36,7 +36,8 @@ end
 return 0
 """
 
-# KEYS: job hash, done set, chunks hash; ARGV: index, rows ok, rows failed, chunk json, ttl, chunk failed (0/1)
+# KEYS: job hash, done set, chunks hash; ARGV: index, rows ok, rows failed, chunk json, ttl, chunk failed (0/1),
+# rows truncated
 # Returns the number of finished chunks, or -1 when this chunk was already counted (a re-delivery).
 _FINISH_CHUNK = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return -2 end
@@ -44,6 +45,7 @@ if redis.call('SADD', KEYS[2], ARGV[1]) == 0 then return -1 end
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[4])
 redis.call('HINCRBY', KEYS[1], 'rows_done', ARGV[2])
 redis.call('HINCRBY', KEYS[1], 'rows_failed', ARGV[3])
+redis.call('HINCRBY', KEYS[1], 'rows_truncated', ARGV[7])
 if ARGV[6] == '1' then redis.call('HINCRBY', KEYS[1], 'chunks_failed', 1) end
 local n = redis.call('HINCRBY', KEYS[1], 'chunks_done', 1)
 for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[5]) end
@@ -127,7 +129,8 @@ class JobStore:
         return JobStatus(
             job_id=job_id, state=rec["state"], task=spec["task"], model=spec["model"],
             rows_total=int(rec["rows_total"]), rows_done=int(rec["rows_done"]),
-            rows_failed=int(rec["rows_failed"]), chunks_total=int(rec["chunks_total"]),
+            rows_failed=int(rec["rows_failed"]), rows_truncated=int(rec.get("rows_truncated") or 0),
+            chunks_total=int(rec["chunks_total"]),
             chunks_done=int(rec["chunks_done"]), chunks_failed=int(rec["chunks_failed"]),
             created_at=float(rec["created_at"]), started_at=_float(rec.get("started_at")),
             finished_at=_float(rec.get("finished_at")), output_dir=rec["output_dir"], error=rec.get("error") or None,
@@ -190,10 +193,12 @@ class JobStore:
         self.r.delete(Keys.claim(job_id, index))
 
     def chunk_finished(self, job_id: str, index: int, *, rows_ok: int, rows_failed: int,
-                       info: dict[str, Any], failed: bool = False) -> int:
-        """Count a finished chunk once; return chunks finished so far, -1 if already counted, -2 if no job."""
+                       info: dict[str, Any], failed: bool = False, rows_truncated: int = 0) -> int:
+        """Count a finished chunk once; return chunks finished so far, -1 if already counted, -2 if no job.
+
+        ``rows_truncated``: of ``rows_ok``, the rows cut to the model's input limit."""
         keys = [Keys.job(job_id), Keys.done(job_id), Keys.chunks(job_id)]
-        args = [index, rows_ok, rows_failed, json.dumps(info), self.ttl, int(failed)]
+        args = [index, rows_ok, rows_failed, json.dumps(info), self.ttl, int(failed), rows_truncated]
         finished = int(self._finish(keys=keys, args=args))
         if finished >= 0:
             self.announce(job_id, f"chunk {index}")

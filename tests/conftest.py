@@ -25,7 +25,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may reach the Hub
 from hfqueue import Client, Settings  # noqa: E402
 from hfqueue.demo import minilm_path  # noqa: E402
 from hfqueue.embedded import RedisServer  # noqa: E402
-from tests import task_models  # noqa: E402
+from tests import st_models, task_models  # noqa: E402
 from tests.tiny_models import build_classifier, build_encoder, sentences  # noqa: E402
 
 LABELS = ("NEGATIVE", "NEUTRAL", "POSITIVE")
@@ -70,6 +70,8 @@ qa_model = _model_fixture("qa_model", task_models.build_qa, "A tiny extractive Q
 causal_lm = _model_fixture("causal_lm", task_models.build_causal_lm, "A tiny GPT-2 with a chat template.")
 seq2seq = _model_fixture("seq2seq", task_models.build_seq2seq, "A tiny BART encoder-decoder.")
 image_classifier = _model_fixture("image_classifier", task_models.build_image_classifier, "A tiny ViT classifier.")
+st_cls = _model_fixture("st_cls", lambda p: st_models.build_st_encoder(p, "cls", normalize=True),
+                        "A tiny sentence-transformers model shaped like BGE: CLS pooling, then Normalize.")
 speech_ctc = _model_fixture("speech_ctc", task_models.build_speech_ctc, "A tiny wav2vec2 CTC model.")
 
 

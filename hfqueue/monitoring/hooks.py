@@ -24,8 +24,9 @@ class Hooks:
     def oom_split(self, task: str, model: str) -> None:
         """A batch ran out of device memory and was split."""
 
-    def rows_done(self, task: str, model: str, *, ok: int, failed: int) -> None:
-        """A set of rows (a chunk, or gathered lane entries) ran: ``ok`` gave outputs, ``failed`` went to errors."""
+    def rows_done(self, task: str, model: str, *, ok: int, failed: int, truncated: int = 0) -> None:
+        """A set of rows (a chunk, or gathered lane entries) ran: ``ok`` gave outputs, ``failed`` went to errors;
+        ``truncated`` of the ``ok`` rows were cut to the model's input limit."""
 
     def queue_wait(self, task: str, model: str, *, route: str, seconds: float) -> None:
         """Work waited ``seconds`` between its sending and its start; ``route`` is ``chunk`` or ``lane``."""

@@ -40,6 +40,8 @@ class PrometheusHooks(Hooks):
         PlatformCollector(registry=r)
         self.rows = Counter("hfq_rows", "Rows run, by outcome (ok: an output; failed: to the error file)",
                             [*_MODEL, "outcome"], registry=r)
+        self.truncated = Counter("hfq_rows_truncated", "Rows cut to the model's input limit (they gave outputs)",
+                                 _MODEL, registry=r)
         self.tokens = Counter("hfq_tokens", "Tokens through forward passes: real, and padded (what the pass cost)",
                               [*_MODEL, "kind"], registry=r)
         self.batches = Counter("hfq_batches", "Forward passes run", _MODEL, registry=r)
@@ -80,7 +82,8 @@ class PrometheusHooks(Hooks):
     def oom_split(self, task: str, model: str) -> None:
         self.ooms.labels(task, model, self.worker).inc()
 
-    def rows_done(self, task: str, model: str, *, ok: int, failed: int) -> None:
+    def rows_done(self, task: str, model: str, *, ok: int, failed: int, truncated: int = 0) -> None:
+        self.truncated.labels(task, model, self.worker).inc(truncated)
         self.rows.labels(task, model, self.worker, "ok").inc(ok)
         self.rows.labels(task, model, self.worker, "failed").inc(failed)
         self.errors.labels(task, model, self.worker, "row").inc(failed)

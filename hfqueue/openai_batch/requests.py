@@ -5,8 +5,8 @@ honour on a local model is rejected with a message saying how to fix it, never s
 
 >>> reqs, errs = parse_lines(['{"custom_id": "a", "method": "POST", "url": "/v1/embeddings",'
 ...                           ' "body": {"model": "m", "input": ["x", "y"]}}'])
->>> reqs[0].rows, reqs[0].options, errs
-(['x', 'y'], {'pooling': 'mean', 'normalize': True}, [])
+>>> reqs[0].rows, reqs[0].options["pooling"], errs
+(['x', 'y'], None, [])
 """
 
 from __future__ import annotations
@@ -110,8 +110,7 @@ _FIELDS: dict[str, tuple[set[str], dict[str, Any], dict[str, str]]] = {  # handl
             _IGNORED, _UNSUPPORTED),
     _COMPLETIONS: ({"model", "prompt", "max_tokens", "n", "temperature", "top_p", "seed", "stop", "echo", "best_of"},
                    _IGNORED, _UNSUPPORTED),
-    _EMBEDDINGS: ({"model", "input", "encoding_format"}, {"user": _IGNORED["user"]},
-                  {"dimensions": " (embeddings keep the model's size)"}),
+    _EMBEDDINGS: ({"model", "input", "encoding_format", "dimensions"}, {"user": _IGNORED["user"]}, {}),
 }
 
 
@@ -278,8 +277,11 @@ def _embeddings(body: dict[str, Any]) -> dict[str, Any]:
     encoding = body.get("encoding_format") or "float"
     if encoding not in ("float", "base64"):
         raise _Bad("invalid_value", "body.encoding_format", f'must be "float" or "base64", got {_short(encoding)}')
-    return {"rows": inputs, "options": {"pooling": "mean", "normalize": True}, "prompts": len(inputs),
-            "encoding_format": encoding}
+    # The model's own semantics, as a feature-extraction job runs it (a sentence-transformers model's pooling,
+    # normalization and prompts); `dimensions` keeps the first N values, renormalized when the model normalizes.
+    dimensions = _number(body, "dimensions", 1, 1 << 20, integer=True)
+    return {"rows": inputs, "options": {} if dimensions is None else {"dimensions": dimensions},
+            "prompts": len(inputs), "encoding_format": encoding}
 
 
 _BODIES: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {

@@ -164,6 +164,8 @@ def _spec_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quantization", choices=["8bit", "4bit"], help="load weights quantized (CUDA workers only)")
     p.add_argument("--priority", choices=["high", "normal", "low"], help="queued chunks of higher priority run first "
                    "(default normal)")
+    p.add_argument("--no-truncate", dest="truncate", action="store_false",
+                   help="send rows longer than the model takes to the error file instead of cutting them")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="task option, e.g. pooling=cls or normalize=true (repeat for more)")
 
@@ -176,6 +178,8 @@ def _spec_fields(args: argparse.Namespace) -> dict[str, Any]:
         "chunk_size", "dtype", "quantization", "priority", "output") if getattr(args, k) is not None}
     if args.public:
         fields["output_private"] = False
+    if not args.truncate:
+        fields["truncate"] = False
     if args.columns:
         fields["columns"] = dict(_pair(c, "--columns") for c in args.columns)
     if args.dataset:

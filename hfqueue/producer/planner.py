@@ -39,7 +39,7 @@ def plan_job(spec: JobSpec, settings: Settings, job_id: str) -> Plan:
     check_model(spec.model, settings.input_roots)
     if spec.adapter is not None:
         check_model(spec.adapter, settings.input_roots, what="adapter")
-    problem = tasks.get(spec.task).check_model(spec.model, spec.revision)
+    problem = tasks.get(spec.task).check_model(spec.model, spec.revision, spec.options)
     if problem:
         raise InvalidSpecError(f"model {spec.model!r} cannot run task {spec.task!r}: {problem}", value=spec.model)
     output_dir = resolve_output_dir(settings.output_root, spec.output_dir, job_id)

@@ -69,6 +69,7 @@ def resume(client: "Client", job_id: str, output_dir: str | None = None) -> Resu
             missing.append(chunk)
         else:
             store.chunk_finished(job_id, chunk.index, rows_ok=found.rows_ok, rows_failed=found.rows_failed,
+                                 rows_truncated=found.rows_truncated,
                                  info={"state": "done", "resumed": True}, failed=found.failed_whole)
     if state in (JobState.FAILED, JobState.CANCELLED):
         # Runs on: the missing chunks, or, with every chunk on disk, the publishing that failed or never ran.

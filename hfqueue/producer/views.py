@@ -41,7 +41,8 @@ def status_text(status: JobStatus, chunks: dict[int, dict[str, Any]], bar: str |
     lines = [
         f"job {s.job_id}: {s.state.value} · {s.task} · {s.model}",
         f"{bar if bar is not None else ascii_bar(fraction)} {fraction:4.0%}  {finished}/{s.rows_total} rows",
-        f"rows/s {s.rows_per_second:.1f} · ETA {eta} · elapsed {s.elapsed:.1f} s · errors {s.rows_failed} rows",
+        f"rows/s {s.rows_per_second:.1f} · ETA {eta} · elapsed {s.elapsed:.1f} s · errors {s.rows_failed} rows"
+        + (f" · truncated {s.rows_truncated} rows" if s.rows_truncated else ""),
         "chunks: " + " · ".join(f"{counts[k]} {k}" for k in CHUNK_STATES)
         + (f" (running on {', '.join(running_on)})" if running_on else ""),
         f"output: {s.output_dir}",

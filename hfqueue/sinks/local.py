@@ -56,8 +56,14 @@ def error_table(row_idx: list[int], errors: list[tuple[str, str]]) -> pa.Table:
                      "error": pa.array([m for _, m in errors], pa.string())})
 
 
-def write_part(out_dir: Path, index: int, table: pa.Table) -> Path:
+# Part metadata: how many of the part's rows were cut to the model's input limit (read back by resume).
+_TRUNCATED = b"hfq.rows_truncated"
+
+
+def write_part(out_dir: Path, index: int, table: pa.Table, rows_truncated: int = 0) -> Path:
     """Write chunk ``index``'s rows atomically; a second write of the same chunk replaces the first whole."""
+    if rows_truncated:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), _TRUNCATED: str(rows_truncated)})
     return _write_atomic(part_path(out_dir, index), table)
 
 
@@ -89,11 +95,13 @@ def part_rows(path: Path) -> int:
 
 
 class OnDisk(NamedTuple):
-    """A chunk finished on disk: its rows that succeeded and failed, and whether it failed whole."""
+    """A chunk finished on disk: its rows that succeeded and failed, whether it failed whole, and how many of its
+    rows were truncated."""
 
     rows_ok: int
     rows_failed: int
     failed_whole: bool
+    rows_truncated: int = 0
 
 
 def chunk_on_disk(out_dir: Path, index: int, rows: int) -> OnDisk | None:
@@ -105,7 +113,9 @@ def chunk_on_disk(out_dir: Path, index: int, rows: int) -> OnDisk | None:
     part, errors = part_path(out_dir, index), error_part_path(out_dir, index)
     failed = part_rows(errors) if errors.exists() else 0
     if part.exists():
-        return OnDisk(part_rows(part), failed, failed_whole=False)
+        meta = pq.ParquetFile(part).metadata
+        truncated = int((meta.metadata or {}).get(_TRUNCATED, 0))
+        return OnDisk(meta.num_rows, failed, failed_whole=False, rows_truncated=truncated)
     if failed == rows:
         return OnDisk(0, failed, failed_whole=True)
     return None

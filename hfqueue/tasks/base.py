@@ -15,8 +15,15 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from hfqueue.errors import ModelLoadError
-from hfqueue.tasks.loading import (head_problem, input_device, load_weights, placement, read_config,
-                                   resolved_revision)
+from hfqueue.tasks.limits import TokenLimit, model_limit, tokenize
+from hfqueue.tasks.loading import (
+    head_problem,
+    input_device,
+    load_weights,
+    placement,
+    read_config,
+    resolved_revision,
+)
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -43,6 +50,7 @@ class LoadedModel:
     devices: list[str] = field(default_factory=list)  # where its weights lie, e.g. ["cuda:0", "cuda:1"]
     peft: Any = None  # the PEFT adapters applied to it, once a job named one (hfqueue.worker.peft_adapters)
     broken: bool = False  # an adapter that failed half-applied left it unusable: the cache loads it again
+    max_tokens: int | None = None  # the model's own input limit (tokenizer, positions, max_seq_length); None: none
 
 
 class TaskAdapter:
@@ -60,6 +68,7 @@ class TaskAdapter:
     heads: ClassVar[tuple[str, ...]] = ()  # transformers auto mappings that list fitting architectures
     default_model: ClassVar[tuple[str, str | None]]  # (Hub id, pinned revision), as `pipeline` pins them
     fields: ClassVar[tuple[str, ...]] = ("text",)  # what one row holds; one dataset column each
+    optional_fields: ClassVar[tuple[str, ...]] = ()  # what a row may hold besides (text-classification: text_pair)
     echo_inputs: ClassVar[bool] = True  # copy non-string inputs (e.g. chat messages) into parts as JSON
 
     # ---- checks that run at submit time (no torch) ----
@@ -76,8 +85,9 @@ class TaskAdapter:
     def resolve_columns(self, column: str | None, columns: dict[str, str] | None) -> dict[str, str]:
         """The dataset column of each field: ``columns`` as given, or ``column`` for a one-field task."""
         if columns is not None:
-            if set(columns) != set(self.fields):
-                raise ValueError(f"task {self.name!r} reads the fields {list(self.fields)}; `columns` must map "
+            if not set(self.fields) <= set(columns) <= {*self.fields, *self.optional_fields}:
+                also = f" (and may read {list(self.optional_fields)})" if self.optional_fields else ""
+                raise ValueError(f"task {self.name!r} reads the fields {list(self.fields)}{also}; `columns` must map "
                                  f"each of them to a dataset column, got {sorted(columns)}")
             if column is not None:
                 raise ValueError("give `column` or `columns`, not both")
@@ -91,7 +101,14 @@ class TaskAdapter:
         return {f: f for f in self.fields}
 
     def row_problem(self, row: Any) -> str | None:
-        """What is wrong with one inline row, or None. One-field tasks take strings."""
+        """What is wrong with one inline row, or None. One-field tasks take strings (or, with optional fields,
+        ``{field: str}`` dicts)."""
+        if self.optional_fields and isinstance(row, dict):
+            allowed = {*self.fields, *self.optional_fields}
+            if not set(self.fields) <= set(row) <= allowed or not all(isinstance(v, str) for v in row.values()):
+                return (f"task {self.name!r} takes strings or {{{', '.join(repr(f) for f in sorted(allowed))}: str}} "
+                        f"dicts (with {', '.join(repr(f) for f in self.fields)})")
+            return None
         if len(self.fields) > 1:
             if not isinstance(row, dict) or set(row) != set(self.fields):
                 return f"task {self.name!r} takes rows as {{{', '.join(repr(f) for f in self.fields)}: ...}} dicts"
@@ -108,10 +125,18 @@ class TaskAdapter:
         """Why a model with this ``config.json`` cannot run this task, or None."""
         return head_problem(self.name, self.model_class, self.heads, config)
 
-    def check_model(self, model: str, revision: str | None) -> str | None:
-        """The problem with the model for this task when its config can be read now, else None."""
+    def options_problem(self, model: str, revision: str | None, config: dict[str, Any],
+                        options: dict[str, Any]) -> str | None:
+        """Why the job's ``options`` cannot run on this model (whose ``config.json`` is ``config``), or None."""
+        return None
+
+    def check_model(self, model: str, revision: str | None, options: dict[str, Any]) -> str | None:
+        """The problem with the model (and the job's options on it) for this task when its config can be read
+        now, else None."""
         config = read_config(model, revision)
-        return self.config_problem(config) if config is not None else None
+        if config is None:
+            return None
+        return self.config_problem(config) or self.options_problem(model, revision, config, options)
 
     # ---- the worker side ----
 
@@ -141,7 +166,8 @@ class TaskAdapter:
         except Exception as exc:  # transformers raises OSError, ValueError, KeyError, ... for bad models
             raise ModelLoadError(f"cannot load model {model!r} for task {self.name!r}: {exc}", value=model) from exc
         loaded = LoadedModel(net, processor, input_device(net) if device_map else device,
-                             resolved_revision(model, net, revision), devices=placement(net))
+                             resolved_revision(model, net, revision), devices=placement(net),
+                             max_tokens=model_limit(net.config, processor))
         self.setup(loaded)
         return loaded
 
@@ -162,9 +188,19 @@ class TaskAdapter:
         The loaded model is shared by every job that uses it, so nothing here may depend on a job's options.
         """
 
-    def prepare(self, loaded: LoadedModel, rows: list[Any], options: dict[str, Any], max_length: int) -> list[Any]:
-        """Turn rows into features, one per row (no padding). A bad row raises; the worker isolates it."""
-        enc = loaded.tokenizer(list(rows), truncation=True, max_length=max_length)
+    def input_limit(self, loaded: LoadedModel, options: dict[str, Any], max_length: int) -> int:
+        """The tokens one row may have: ``max_length`` (HFQ_MAX_LENGTH) or the model's own limit, the smaller."""
+        return min(max_length, loaded.max_tokens or max_length)
+
+    def resolved(self, loaded: LoadedModel, options: dict[str, Any], max_length: int) -> dict[str, Any]:
+        """What a job with ``options`` takes from this model, for its manifest: the input limit, and what
+        subclasses add (an embedding model's pooling, ...)."""
+        return {"max_length": self.input_limit(loaded, options, max_length)}
+
+    def prepare(self, loaded: LoadedModel, rows: list[Any], options: dict[str, Any], limit: TokenLimit) -> list[Any]:
+        """Turn rows into features, one per row (no padding), each within ``limit`` (rows cut to it are noted in
+        ``limit.truncated``). A bad row raises; the worker isolates it."""
+        enc = tokenize(loaded.tokenizer, list(rows), limit)
         return [{k: enc[k][i] for k in enc.keys()} for i in range(len(rows))]
 
     def length(self, feature: Any) -> int:

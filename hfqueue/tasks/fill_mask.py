@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from hfqueue.errors import ModelLoadError
 from hfqueue.tasks.base import LoadedModel
+from hfqueue.tasks.limits import TokenLimit
 from hfqueue.tasks.pipeline_task import PipelineTask
 
 if TYPE_CHECKING:
@@ -45,13 +46,13 @@ class FillMask(PipelineTask):
             raise ModelLoadError("the model's tokenizer has no mask token, which fill-mask needs", value="mask_token")
         super().setup(loaded)
 
-    def prepare(self, loaded: LoadedModel, rows: list[Any], options: dict[str, Any], max_length: int) -> list[Any]:
+    def prepare(self, loaded: LoadedModel, rows: list[Any], options: dict[str, Any], limit: TokenLimit) -> list[Any]:
         mask = loaded.tokenizer.mask_token
         for row in rows:
             if row.count(mask) != 1:
                 raise ValueError(f"fill-mask needs the mask token {mask} exactly once in each row; "
                                  f"this row has it {row.count(mask)} times")
-        return super().prepare(loaded, rows, options, max_length)
+        return super().prepare(loaded, rows, options, limit)
 
     def call_kwargs(self, loaded: LoadedModel, options: dict[str, Any]) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"top_k": options["top_k"]}

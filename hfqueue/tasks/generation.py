@@ -11,6 +11,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from hfqueue.tasks.limits import position_limit
+
 _SAMPLING_ONLY = ("temperature", "top_p", "top_k")
 
 
@@ -78,3 +80,16 @@ def generate(loaded: Any, inputs: dict[str, Any], options: dict[str, Any], **ext
     with torch.inference_mode():
         return loaded.model.generate(**inputs, **generate_kwargs(options), pad_token_id=tokenizer.pad_token_id,
                                      **extra)
+
+
+def room_problem(config: dict[str, Any], options: dict[str, Any]) -> str | None:
+    """Why ``max_new_tokens`` cannot fit the model's positions (``config`` is its ``config.json``), or None.
+
+    A decoder's prompt and new tokens share the positions; an encoder-decoder's new tokens have the decoder's.
+    """
+    positions = position_limit(config)
+    wanted = options.get("max_new_tokens") or 0
+    if positions is not None and wanted >= positions:
+        return (f"max_new_tokens={wanted} does not fit: the model has {positions} positions for the prompt and the "
+                "generated tokens; ask for fewer new tokens")
+    return None

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from hfqueue.tasks.base import LoadedModel
+from hfqueue.tasks.limits import TokenLimit
 from hfqueue.tasks.media import decode_image, media_problem
 from hfqueue.tasks.pipeline_task import PipelineTask
 from hfqueue.tasks.text_classification import label_row, label_types
@@ -50,7 +51,7 @@ class ImageClassification(PipelineTask):
     def components(self, loaded: LoadedModel) -> dict[str, Any]:
         return {"image_processor": loaded.tokenizer}
 
-    def prepare(self, loaded: LoadedModel, rows: list[Any], options: dict[str, Any], max_length: int) -> list[Any]:
+    def prepare(self, loaded: LoadedModel, rows: list[Any], options: dict[str, Any], limit: TokenLimit) -> list[Any]:
         # Images are resized to one shape, so every row costs the same.
         return [{"input": decode_image(row), "length": 1} for row in rows]
 

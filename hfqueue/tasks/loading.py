@@ -19,16 +19,23 @@ logger = logging.getLogger(__name__)
 
 def read_config(model: str, revision: str | None) -> dict[str, Any] | None:
     """The model's ``config.json`` as a dict; None when it cannot be had (offline, no access, no file)."""
+    config = read_json(model, revision, "config.json")
+    return config if isinstance(config, dict) else None
+
+
+def read_json(model: str, revision: str | None, filename: str) -> Any:
+    """A JSON file of the model (``filename`` relative to its folder or repo); None when it cannot be had."""
+    filename = filename.lstrip("/")
     path = Path(model).expanduser()
     if path.is_dir():
-        config = path / "config.json"
-        return json.loads(config.read_text()) if config.exists() else None
+        file = path / filename
+        return json.loads(file.read_text()) if file.is_file() else None
     try:
         from huggingface_hub import hf_hub_download
 
-        return json.loads(Path(hf_hub_download(model, "config.json", revision=revision)).read_text())
+        return json.loads(Path(hf_hub_download(model, filename, revision=revision)).read_text())
     except Exception as exc:  # noqa: BLE001 - offline, gated, missing: the worker checks again when it loads
-        logger.debug("config of %s not checked at submit: %s", model, exc)
+        logger.debug("%s of %s not read at submit: %s", filename, model, exc)
         return None
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from hfqueue.tasks.base import LoadedModel, TaskAdapter
+from hfqueue.tasks.limits import TokenLimit, tokenize
 
 
 class PipelineTask(TaskAdapter):
@@ -26,9 +27,11 @@ class PipelineTask(TaskAdapter):
         """The pre-processors handed to ``pipeline``; a tokenizer for text tasks."""
         return {"tokenizer": loaded.tokenizer}
 
-    def prepare(self, loaded: LoadedModel, rows: list[Any], options: dict[str, Any], max_length: int) -> list[Any]:
-        # Tokenized here only to measure length for batching; the pipeline tokenizes again itself.
-        enc = loaded.tokenizer(list(rows), truncation=True, max_length=max_length)
+    def prepare(self, loaded: LoadedModel, rows: list[Any], options: dict[str, Any], limit: TokenLimit) -> list[Any]:
+        # Tokenized here to measure length for batching and to find rows over the limit; the pipeline
+        # tokenizes again itself, truncating at its tokenizer's model_max_length, which is set to the limit.
+        loaded.tokenizer.model_max_length = limit.tokens
+        enc = tokenize(loaded.tokenizer, list(rows), limit)
         per_row = self.items_per_row(options)
         return [{"input": row, "length": len(ids) * per_row} for row, ids in zip(rows, enc["input_ids"], strict=True)]
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from hfqueue.tasks.base import LoadedModel, TaskAdapter
+from hfqueue.tasks.limits import TokenLimit
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -57,8 +58,9 @@ class QuestionAnswering(TaskAdapter):
 
         return {"answer": pa.string(), "score": pa.float64(), "start": pa.int64(), "end": pa.int64()}
 
-    def prepare(self, loaded: LoadedModel, rows: list[Any], options: dict[str, Any], max_length: int) -> list[Any]:
-        seq_len = min(options["max_seq_len"], max_length)
+    def prepare(self, loaded: LoadedModel, rows: list[Any], options: dict[str, Any], limit: TokenLimit) -> list[Any]:
+        # Long contexts are read in overlapping windows, never cut: the limit only bounds a window.
+        seq_len = min(options["max_seq_len"], limit.tokens)
         features = []
         for row in rows:
             problem = self.row_problem(row)

@@ -15,7 +15,8 @@ from pydantic import BaseModel
 
 from hfqueue.errors import ModelLoadError
 from hfqueue.tasks.base import LoadedModel, TaskAdapter
-from hfqueue.tasks.generation import GenerationOptions, generate
+from hfqueue.tasks.generation import GenerationOptions, generate, room_problem
+from hfqueue.tasks.limits import TokenLimit
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -65,11 +66,15 @@ class Seq2SeqTask(TaskAdapter):
         """Task-specific ``generate`` arguments (translation forces the target language's first token)."""
         return {}
 
-    def prepare(self, loaded: LoadedModel, rows: list[Any], options: dict[str, Any], max_length: int) -> list[Any]:
+    def options_problem(self, model: str, revision: str | None, config: dict[str, Any],
+                        options: dict[str, Any]) -> str | None:
+        return room_problem(config, options)
+
+    def prepare(self, loaded: LoadedModel, rows: list[Any], options: dict[str, Any], limit: TokenLimit) -> list[Any]:
         # Options differ between jobs that share the loaded model: derive everything per call.
         prefix = self.prefix(loaded, options)
         self.generate_extra(loaded, options)  # fails the job now when the options do not fit the model
-        return super().prepare(loaded, [prefix + row for row in rows], options, max_length)
+        return super().prepare(loaded, [prefix + row for row in rows], options, limit)
 
     def forward(self, loaded: LoadedModel, batch: dict[str, Any], options: dict[str, Any]) -> list[dict[str, Any]]:
         out = generate(loaded, batch, options, **self.generate_extra(loaded, options))

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from hfqueue.tasks.base import LoadedModel
+from hfqueue.tasks.limits import TokenLimit
 from hfqueue.tasks.media import decode_audio, media_problem
 from hfqueue.tasks.pipeline_task import PipelineTask
 
@@ -69,7 +70,7 @@ class SpeechRecognition(PipelineTask):
         processor = loaded.tokenizer
         return {"tokenizer": processor.tokenizer, "feature_extractor": processor.feature_extractor}
 
-    def prepare(self, loaded: LoadedModel, rows: list[Any], options: dict[str, Any], max_length: int) -> list[Any]:
+    def prepare(self, loaded: LoadedModel, rows: list[Any], options: dict[str, Any], limit: TokenLimit) -> list[Any]:
         rate = loaded.tokenizer.feature_extractor.sampling_rate
         features = []
         for row in rows:

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from hfqueue.tasks.base import LoadedModel, TaskAdapter
+from hfqueue.tasks.limits import TokenLimit, tokenize
+from hfqueue.tasks.loading import read_json
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -40,6 +42,9 @@ def label_row(ranked: list[tuple[str, float]], top_k: int | None) -> dict[str, A
     return row
 
 
+_ACTIVATIONS = {"sigmoid": "sigmoid", "identity": "none", "softmax": "softmax"}
+
+
 class TextClassification(TaskAdapter):
     """Output columns ``label`` (str, from the model's id2label) and ``score``; ``labels``/``scores`` with top_k."""
 
@@ -50,8 +55,35 @@ class TextClassification(TaskAdapter):
     heads = ("MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES",)
     default_model = ("distilbert/distilbert-base-uncased-finetuned-sst-2-english", "714eb0f")
 
+    optional_fields = ("text_pair",)  # sentence pairs: cross-encoders (rerankers) and NLI models
+
     def output_types(self, options: dict[str, Any]) -> "dict[str, pa.DataType]":
         return label_types(options)
+
+    def load(self, model: str, **kwargs: Any) -> LoadedModel:
+        loaded = super().load(model, **kwargs)
+        # A sentence-transformers CrossEncoder names the activation its scores go through (Sigmoid by default,
+        # Identity for rerankers scored by raw logits): "auto" follows it, as CrossEncoder.predict does.
+        saved = read_json(model, kwargs.get("revision"), "config_sentence_transformers.json") or {}
+        activation = str(saved.get("activation_fn") or "").rsplit(".", 1)[-1].lower()
+        loaded.extra["activation"] = _ACTIVATIONS.get(activation) if saved.get("model_type") == "CrossEncoder" \
+            else None
+        return loaded
+
+    def prepare(self, loaded: LoadedModel, rows: list[Any], options: dict[str, Any], limit: TokenLimit) -> list[Any]:
+        features: list[Any] = [None] * len(rows)
+        pairs = [row.get("text_pair") if isinstance(row, dict) else None for row in rows]
+        for paired in (False, True):  # rows with and without a text_pair tokenize apart
+            index = [i for i, pair in enumerate(pairs) if (pair is not None) == paired]
+            if not index:
+                continue
+            part = TokenLimit(limit.tokens, limit.truncate)
+            texts = [rows[i]["text"] if isinstance(rows[i], dict) else rows[i] for i in index]
+            enc = tokenize(loaded.tokenizer, texts, part, [pairs[i] for i in index] if paired else None)
+            for j, i in enumerate(index):
+                features[i] = {k: enc[k][j] for k in enc.keys()}
+            limit.truncated.update(index[j] for j in part.truncated)
+        return features
 
     def forward(self, loaded: LoadedModel, batch: dict[str, Any], options: dict[str, Any]) -> list[dict[str, Any]]:
         import torch
@@ -60,7 +92,7 @@ class TextClassification(TaskAdapter):
         function = options["function_to_apply"]
         if function == "auto":
             multi = config.problem_type == "multi_label_classification" or config.num_labels == 1
-            function = "sigmoid" if multi else "softmax"
+            function = loaded.extra.get("activation") or ("sigmoid" if multi else "softmax")
         with torch.inference_mode():
             logits = loaded.model(**batch).logits.float()
         scores = {"softmax": logits.softmax(-1), "sigmoid": logits.sigmoid(), "none": logits}[function]

@@ -14,7 +14,8 @@ from pydantic import BaseModel, Field
 
 from hfqueue.errors import ModelLoadError
 from hfqueue.tasks.base import LoadedModel, TaskAdapter
-from hfqueue.tasks.generation import GenerationOptions, finished, generate
+from hfqueue.tasks.generation import GenerationOptions, finished, generate, room_problem
+from hfqueue.tasks.limits import TokenLimit, position_limit, tokenize
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -64,10 +65,10 @@ class TextGeneration(TaskAdapter):
                                      value="pad_token")
             tokenizer.pad_token = tokenizer.eos_token
 
-    def prepare(self, loaded: LoadedModel, rows: list[Any], options: dict[str, Any], max_length: int) -> list[Any]:
+    def prepare(self, loaded: LoadedModel, rows: list[Any], options: dict[str, Any], limit: TokenLimit) -> list[Any]:
         tokenizer = loaded.tokenizer
         features = []
-        for row in rows:
+        for i, row in enumerate(rows):
             problem = self.row_problem(row)
             if problem:
                 raise ValueError(problem)
@@ -76,12 +77,26 @@ class TextGeneration(TaskAdapter):
                 if not tokenizer.chat_template:
                     raise ModelLoadError("chat rows need a chat template, and this model's tokenizer has none; "
                                          "send plain prompt strings instead", value="chat_template")
-                text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-                enc = tokenizer(text, add_special_tokens=False, truncation=True, max_length=max_length)
+                text, special = tokenizer.apply_chat_template(messages, add_generation_prompt=True,
+                                                              tokenize=False), False
             else:
-                enc = tokenizer(messages, truncation=True, max_length=max_length)
-            features.append(dict(enc))
+                text, special = messages, True
+            one = TokenLimit(limit.tokens, limit.truncate)  # prompts cut from the left: see setup
+            enc = tokenize(tokenizer, [text], one, add_special_tokens=special)
+            if one.truncated:
+                limit.truncated.add(i)
+            features.append({k: v[0] for k, v in enc.items()})
         return features
+
+    def options_problem(self, model: str, revision: str | None, config: dict[str, Any],
+                        options: dict[str, Any]) -> str | None:
+        return room_problem(config, options)
+
+    def input_limit(self, loaded: LoadedModel, options: dict[str, Any], max_length: int) -> int:
+        # The prompt and what is generated share the positions: keep room for max_new_tokens.
+        limit = super().input_limit(loaded, options, max_length)
+        positions = position_limit(loaded.model.config)
+        return limit if positions is None else max(1, min(limit, positions - (options["max_new_tokens"] or 0)))
 
     def forward(self, loaded: LoadedModel, batch: dict[str, Any], options: dict[str, Any]) -> list[dict[str, Any]]:
         out = generate(loaded, batch, options)

@@ -24,6 +24,7 @@ from hfqueue.errors import HfqError
 from hfqueue.jobs import Chunk, JobSpec, JobState, Source
 from hfqueue.manifest import finalize, sync_manifest
 from hfqueue.sinks.local import ROW_INDEX, chunk_on_disk, error_table, write_error_part, write_part
+from hfqueue.tasks.base import LoadedModel
 from hfqueue.worker.context import WorkerContext
 from hfqueue.worker.runner import RowResults
 
@@ -53,7 +54,7 @@ def begin(ctx: WorkerContext, job_id: str, chunk: Chunk, out_dir: Path, worker: 
     on_disk = chunk_on_disk(out_dir, chunk.index, chunk.rows)
     if on_disk is not None:
         return None, finish(ctx, job_id, chunk, rows_ok=on_disk.rows_ok, rows_failed=on_disk.rows_failed,
-                            info={"state": "done", "redelivered": True}, failed=on_disk.failed_whole)
+                            rows_truncated=on_disk.rows_truncated, info={"state": "done", "redelivered": True}, failed=on_disk.failed_whole)
     attempt = ctx.store.chunk_started(job_id, chunk.index, worker)
     ctx.store.transition(job_id, JobState.RUNNING, allowed_from=(JobState.QUEUED.value,), time_field="started_at")
     if attempt > ctx.settings.max_attempts:
@@ -74,9 +75,17 @@ def complete(ctx: WorkerContext, job_id: str, spec: JobSpec, source: Source, chu
             return {"chunk": chunk.index, "skipped": "another delivery finished it first"}
         if errors.num_rows:
             write_error_part(out_dir, chunk.index, errors)  # before the result part: see sinks.local
-        write_part(out_dir, chunk.index, table)
+        write_part(out_dir, chunk.index, table, rows_truncated=results.rows_truncated)
     return finish(ctx, job_id, chunk, rows_ok=table.num_rows, rows_failed=errors.num_rows,
-                  info={"state": "done", **info})
+                  rows_truncated=results.rows_truncated, info={"state": "done", **info})
+
+
+def record_model(ctx: WorkerContext, job_id: str, spec: JobSpec, loaded: LoadedModel) -> None:
+    """Record in the job what its model resolved to: the revision it loaded, and what the task took from the
+    model (pooling, normalization, prompt, input limit, ...), for the manifest."""
+    resolved = tasks.get(spec.task).resolved(loaded, spec.options, ctx.settings.max_length)
+    ctx.store.set_fields(job_id, resolved={**resolved, "truncate": spec.truncate},
+                         **({"model_revision": loaded.revision} if loaded.revision else {}))
 
 
 def result_table(adapter: tasks.TaskAdapter, spec: JobSpec, source: Source, chunk: Chunk, rows: list[Any],
@@ -85,9 +94,9 @@ def result_table(adapter: tasks.TaskAdapter, spec: JobSpec, source: Source, chun
     keep = [i for i, out in enumerate(results.outputs) if out is not None]
     types = adapter.output_types(spec.options)
     columns: dict[str, Any] = {ROW_INDEX: pa.array([chunk.start + i for i in keep], pa.int64())}
-    fields = adapter.fields
     for field, column in source.columns.items():
-        values = [rows[i] if len(fields) == 1 else rows[i][field] for i in keep]
+        values = [rows[i].get(field) if isinstance(rows[i], dict) else rows[i] if field == adapter.fields[0] else None
+                  for i in keep]
         echoed = _echo(values, adapter.echo_inputs)
         if echoed is not None:
             columns[f"input_{column}" if column in types or column == ROW_INDEX else column] = echoed
@@ -166,10 +175,10 @@ def _claimed(ctx: WorkerContext, job_id: str, chunk: Chunk) -> Iterator[bool]:
 
 
 def finish(ctx: WorkerContext, job_id: str, chunk: Chunk, *, rows_ok: int, info: dict[str, Any],
-           rows_failed: int = 0, failed: bool = False) -> dict[str, Any]:
+           rows_failed: int = 0, rows_truncated: int = 0, failed: bool = False) -> dict[str, Any]:
     """Count the chunk once; the last chunk of the job finalizes it."""
     finished = ctx.store.chunk_finished(job_id, chunk.index, rows_ok=rows_ok, rows_failed=rows_failed,
-                                        info=info, failed=failed)
+                                        rows_truncated=rows_truncated, info=info, failed=failed)
     if finished >= 0:
         record = ctx.store.get(job_id)
         if finished == int(record["chunks_total"]):

@@ -90,9 +90,11 @@ class WorkerContext:
         turn = Activation(self.lock, loaded, spec.adapter, self.settings.adapter_cache_size)
         results = infer_rows(adapter, loaded, rows, spec.options, max_batch_size=self.settings.max_batch_size,
                              max_batch_tokens=max_batch_tokens, max_length=self.settings.max_length,
+                             truncate=spec.truncate,
                              should_stop=should_stop, lock=turn, prefetch=self.settings.prefetch(device),
                              hooks=self.hooks)
-        self.hooks.rows_done(adapter.name, loaded.name, ok=len(rows) - len(results.errors), failed=len(results.errors))
+        self.hooks.rows_done(adapter.name, loaded.name, ok=len(rows) - len(results.errors), failed=len(results.errors),
+                             truncated=results.rows_truncated)
         return loaded, results
 
     def budget(self, job_id: str, model: str, device: str) -> TokenBudget:

@@ -144,11 +144,11 @@ def _serve(ctx: WorkerContext, lane: Lane, device: str, group: list[Entry]) -> N
     for entry in live:
         n = entry.rows
         part = RowResults(results.outputs[start:start + n],
-                          {i - start: e for i, e in results.errors.items() if start <= i < start + n})
+                          {i - start: e for i, e in results.errors.items() if start <= i < start + n},
+                          {i - start for i in results.truncated if start <= i < start + n})
         info = {"seconds": round(seconds, 4), "batched_with": len(live), "worker": lane.consumer}
         if "job" in entry.body:
-            if loaded.revision:
-                ctx.store.set_fields(entry.body["job"]["job_id"], model_revision=loaded.revision)
+            chunks.record_model(ctx, entry.body["job"]["job_id"], spec, loaded)
             _complete_job(ctx, entry, part, info)
         else:
             _reply(ctx, entry, part.outputs, part.errors, info)

@@ -23,6 +23,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from hfqueue.errors import HfqError, ModelLoadError
 from hfqueue.monitoring.hooks import Hooks
 from hfqueue.tasks.base import LoadedModel, TaskAdapter
+from hfqueue.tasks.limits import TokenLimit
 from hfqueue.worker.batching import TokenBudget, plan_batches
 from hfqueue.worker.models import free_device_memory
 
@@ -35,14 +36,21 @@ class BatchStopped(HfqError):
 
 @dataclass
 class RowResults:
-    """One slot per input row: its output dict, or None with ``(error type, message)`` in ``errors``."""
+    """One slot per input row: its output dict, or None with ``(error type, message)`` in ``errors``;
+    ``truncated``: the rows cut to the model's input limit."""
 
     outputs: list[dict[str, Any] | None]
     errors: dict[int, tuple[str, str]] = field(default_factory=dict)
+    truncated: set[int] = field(default_factory=set)
+
+    @property
+    def rows_truncated(self) -> int:
+        """Rows that were cut to the limit and gave an output."""
+        return sum(1 for i in self.truncated if self.outputs[i] is not None)
 
 
 def infer_rows(adapter: TaskAdapter, loaded: LoadedModel, rows: list[Any], options: dict[str, Any], *,
-               max_batch_size: int, max_batch_tokens: int | TokenBudget, max_length: int,
+               max_batch_size: int, max_batch_tokens: int | TokenBudget, max_length: int, truncate: bool = True,
                should_stop: Callable[[], bool] = lambda: False,
                lock: AbstractContextManager[Any] | None = None, prefetch: bool = False,
                hooks: Hooks | None = None) -> RowResults:
@@ -56,10 +64,14 @@ def infer_rows(adapter: TaskAdapter, loaded: LoadedModel, rows: list[Any], optio
     ``max_batch_tokens`` may be a :class:`TokenBudget` shared across chunks, which out-of-memory
     errors shrink. Raises :class:`BatchStopped` when ``should_stop()`` turns true at a batch
     boundary, and :class:`ModelLoadError` when the adapter finds the model unfit for the job.
+
+    Rows longer than ``max_length`` or the model's own limit are cut to it and listed in ``truncated``; with
+    ``truncate=False`` each such row fails alone instead.
     """
     budget = max_batch_tokens if isinstance(max_batch_tokens, TokenBudget) else TokenBudget(max_batch_tokens)
     results = RowResults([None] * len(rows))
-    features = _prepare(adapter, loaded, rows, options, max_length, results.errors)
+    tokens = adapter.input_limit(loaded, options, max_length)
+    features = _prepare(adapter, loaded, rows, options, TokenLimit(tokens, truncate), results)
     lengths = {i: adapter.length(features[i]) for i in range(len(rows)) if i not in results.errors}
     pending, ran = list(lengths), set()
     while pending:
@@ -81,20 +93,25 @@ def infer_rows(adapter: TaskAdapter, loaded: LoadedModel, rows: list[Any], optio
 
 
 def _prepare(adapter: TaskAdapter, loaded: LoadedModel, rows: list[Any], options: dict[str, Any],
-             max_length: int, errors: dict[int, tuple[str, str]]) -> list[Any]:
+             limit: TokenLimit, results: RowResults) -> list[Any]:
     try:
-        return adapter.prepare(loaded, rows, options, max_length)
+        features = adapter.prepare(loaded, rows, options, limit)
+        results.truncated.update(limit.truncated)
+        return features
     except (ModelLoadError, SoftTimeLimitExceeded):
         raise
-    except Exception:  # noqa: BLE001 - some row is bad: prepare them one by one to find which
-        features: list[Any] = [None] * len(rows)
+    except Exception:  # noqa: BLE001 - some row is bad (or too long to run whole): prepare them one by one
+        features = [None] * len(rows)
         for i, row in enumerate(rows):
+            one = TokenLimit(limit.tokens, limit.truncate)
             try:
-                features[i] = adapter.prepare(loaded, [row], options, max_length)[0]
+                features[i] = adapter.prepare(loaded, [row], options, one)[0]
             except (ModelLoadError, SoftTimeLimitExceeded):
                 raise
             except Exception as exc:  # noqa: BLE001
-                errors[i] = _describe(exc)
+                results.errors[i] = _describe(exc)
+            if one.truncated:
+                results.truncated.add(i)
         return features
 
 

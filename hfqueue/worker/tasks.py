@@ -108,8 +108,7 @@ def _run_chunk(ctx: WorkerContext, hostname: str, message: dict[str, Any]) -> di
         device = resolve_device(ctx.settings.device)
         loaded, results = ctx.run(spec, rows, device, max_batch_tokens=ctx.budget(job_id, str(spec.model), device),
                                   should_stop=lambda: ctx.store.state(job_id) != JobState.RUNNING)
-        if loaded.revision:
-            ctx.store.set_fields(job_id, model_revision=loaded.revision)
+        chunks.record_model(ctx, job_id, spec, loaded)
     except BatchStopped:
         logger.info("job %s chunk %d stopped: job is %s", job_id, chunk.index, ctx.store.state(job_id))
         return {"stopped": chunk.index}

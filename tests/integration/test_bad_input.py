@@ -39,7 +39,7 @@ BAD_SPECS: list[tuple[str, dict[str, Any], type[Exception], str]] = [
     ("zero chunk size", {"chunk_size": 0}, InvalidSpecError, "chunk_size: Input should be greater than 0"),
     ("output escapes the root", {"output_dir": "../escape"}, InvalidSpecError, "outside the output root"),
     ("absolute output elsewhere", {"output_dir": "/tmp/elsewhere"}, InvalidSpecError, "outside the output root"),
-    ("unknown option", {"options": {"pooling": "max"}}, InvalidSpecError, "pooling"),
+    ("unknown option", {"options": {"pooling": "maximum"}}, InvalidSpecError, "pooling"),
     ("inputs and dataset", {"inputs": ["a"]}, InvalidSpecError, "exactly one of `inputs`"),
 ]
 

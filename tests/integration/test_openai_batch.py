@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from sentence_transformers import SentenceTransformer
 
 from hfqueue import Client, Settings
 from hfqueue.openai_batch.handle import OpenAIBatch
@@ -27,6 +28,7 @@ from tests.task_models import without_chat_template
 pytestmark = pytest.mark.timeout(120)
 
 CHAT, COMPLETIONS, EMBEDDINGS = "/v1/chat/completions", "/v1/completions", "/v1/embeddings"
+DIMENSIONS = 8  # of the tiny model's 32
 MAX_TOKENS = 8
 HELLO = [{"role": "user", "content": "Say hello."}]
 COLOUR = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a colour."}]
@@ -76,14 +78,12 @@ def greedy_completion(model_dir: Path, prompt: str, max_new_tokens: int) -> tupl
     return str(tok.decode(ids[enc["input_ids"].shape[1]:], skip_special_tokens=True)), int(enc["input_ids"].shape[1])
 
 
-def direct_embedding(model_dir: Path, text: str) -> tuple[np.ndarray, int]:
-    """Mean-pooled, L2-normalized last hidden state of ``text`` alone, and its token count."""
-    tok = transformers.AutoTokenizer.from_pretrained(model_dir)
-    model = transformers.AutoModel.from_pretrained(model_dir).eval()
-    enc = tok(text, return_tensors="pt")
-    with torch.inference_mode():
-        pooled = model(**enc).last_hidden_state[0].mean(dim=0)
-    return torch.nn.functional.normalize(pooled, dim=0).numpy(), enc["input_ids"].shape[1]
+def direct_embedding(model_dir: Path, text: str, dimensions: int | None = None) -> tuple[np.ndarray, int]:
+    """``SentenceTransformer(model_dir).encode(text)`` (cut to ``dimensions`` and renormalized when given), and
+    the text's token count."""
+    model = SentenceTransformer(str(model_dir), device="cpu")
+    vector = model.encode([text], truncate_dim=dimensions, normalize_embeddings=dimensions is not None)[0]
+    return vector, int(model.preprocess([text])["attention_mask"].sum())
 
 
 def hfq(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -105,13 +105,15 @@ class MixedRun:
 
 BAD_LINES = {3: "invalid_json", 6: "missing_custom_id", 8: "duplicate_custom_id", 9: "invalid_url",
              10: "unknown_field"}
-GOOD_IDS = {"chat-a", "cmpl", "emb-float", "chat-b", "chat-stop", "chat-short", "emb-b64"}
+GOOD_IDS = {"chat-a", "cmpl", "emb-float", "chat-b", "chat-stop", "chat-short", "emb-b64", "emb-dim"}
 
 
 @pytest.fixture(scope="module")
-def mixed(settings: Settings, worker: Any, causal_lm: Path, encoder: Path,
+def mixed(settings: Settings, worker: Any, causal_lm: Path, st_cls: Path,
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[MixedRun]:
-    """A 13-line batch file (one blank) with 7 good requests in 5 groups and 5 bad lines, run to its end."""
+    """A 14-line batch file (one blank) with 8 good requests in 6 groups and 5 bad lines, run to its end.
+
+    Embeddings go to a CLS-pooled, normalizing sentence-transformers model (BGE's shape), once with dimensions."""
     # A stop string the greedy reply is known to hold, past its start and nowhere in the prompt.
     reply = greedy_chat(causal_lm, QUESTION, 12)
     found = re.search(r"[A-Za-z]{3,}", reply["text"][1:])
@@ -125,7 +127,7 @@ def mixed(settings: Settings, worker: Any, causal_lm: Path, encoder: Path,
         request("cmpl", COMPLETIONS, model=m, prompt=PROMPTS, max_tokens=MAX_TOKENS, n=2),                 # 2
         '{"custom_id": "broken", "method": "POST",',                                                       # 3
         "",                                                                                                # 4
-        request("emb-float", EMBEDDINGS, model=str(encoder), input=SENTENCES),                             # 5
+        request("emb-float", EMBEDDINGS, model=str(st_cls), input=SENTENCES),                              # 5
         {"method": "POST", "url": CHAT, "body": {"model": m, "messages": HELLO}},                          # 6
         request("chat-b", CHAT, model=m, messages=COLOUR, max_completion_tokens=MAX_TOKENS, temperature=0),  # 7
         request("chat-a", CHAT, model=m, messages=COLOUR, max_tokens=MAX_TOKENS),                          # 8
@@ -133,7 +135,8 @@ def mixed(settings: Settings, worker: Any, causal_lm: Path, encoder: Path,
         request("odd", CHAT, model=m, messages=HELLO, max_tokens=MAX_TOKENS, colour="blue"),               # 10
         request("chat-stop", CHAT, model=m, messages=QUESTION, max_tokens=12, stop=stop),                  # 11
         request("chat-short", CHAT, model=m, messages=HELLO, max_tokens=MAX_TOKENS - 3),                   # 12
-        request("emb-b64", EMBEDDINGS, model=str(encoder), input=SENTENCES[1], encoding_format="base64"),  # 13
+        request("emb-b64", EMBEDDINGS, model=str(st_cls), input=SENTENCES[1], encoding_format="base64"),   # 13
+        request("emb-dim", EMBEDDINGS, model=str(st_cls), input=SENTENCES[0], dimensions=DIMENSIONS),      # 14
     ]
     path = write_jsonl(tmp_path_factory.mktemp("mixed") / "requests.jsonl", lines)
     with Client(settings) as client:
@@ -150,7 +153,7 @@ def test_a_mixed_batch_completes_with_openai_shaped_files(mixed: MixedRun) -> No
 
     # then it is completed, every non-blank line is counted once, and the object is OpenAI's Batch
     assert final["status"] == "completed" and final["id"] == mixed.batch.id and final["object"] == "batch"
-    assert final["request_counts"] == {"total": 12, "completed": 7, "failed": 5}
+    assert final["request_counts"] == {"total": 13, "completed": 8, "failed": 5}
     assert all(url in final["endpoint"] for url in (CHAT, COMPLETIONS, EMBEDDINGS))
     times = [final["created_at"], final["in_progress_at"], final["finalizing_at"], final["completed_at"]]
     assert all(isinstance(t, int) for t in times) and times == sorted(times)
@@ -167,7 +170,8 @@ def test_a_mixed_batch_completes_with_openai_shaped_files(mixed: MixedRun) -> No
     bodies = {cid: line["response"]["body"] for cid, line in output.items()}
     assert {cid: b["object"] for cid, b in bodies.items()} == {
         "chat-a": "chat.completion", "chat-b": "chat.completion", "chat-stop": "chat.completion",
-        "chat-short": "chat.completion", "cmpl": "text_completion", "emb-float": "list", "emb-b64": "list"}
+        "chat-short": "chat.completion", "cmpl": "text_completion", "emb-float": "list", "emb-b64": "list",
+        "emb-dim": "list"}
     assert [c["index"] for c in bodies["chat-a"]["choices"]] == [0, 1]
     assert {c["message"]["role"] for c in bodies["chat-a"]["choices"]} == {"assistant"}
     assert [c["index"] for c in bodies["cmpl"]["choices"]] == [0, 1, 2, 3]
@@ -184,13 +188,14 @@ def test_requests_with_equal_options_share_a_job(mixed: MixedRun) -> None:
     # when the batch ran
     jobs = sorted((s.task, s.rows_total, s.state.value) for s in (j.status() for j in mixed.batch.jobs()))
     # then lines 1 (n=2) and 7 made one 3-row job, the two embeddings lines one, every other group its own
-    assert jobs == [("feature-extraction", 3, "completed"), ("text-generation", 1, "completed"),
+    assert jobs == [("feature-extraction", 1, "completed"), ("feature-extraction", 3, "completed"),
+                    ("text-generation", 1, "completed"),
                     ("text-generation", 1, "completed"), ("text-generation", 3, "completed"),
                     ("text-generation", 4, "completed")]
 
 
 def test_mixed_batch_values_equal_the_models_called_directly(mixed: MixedRun, causal_lm: Path,
-                                                             encoder: Path) -> None:
+                                                             st_cls: Path) -> None:
     # given the same requests run directly with transformers, one at a time
     body = {cid: line["response"]["body"] for cid, line in mixed.output.items()}
     hello, colour = greedy_chat(causal_lm, HELLO, MAX_TOKENS), greedy_chat(causal_lm, COLOUR, MAX_TOKENS)
@@ -213,8 +218,9 @@ def test_mixed_batch_values_equal_the_models_called_directly(mixed: MixedRun, ca
     continued = [greedy_completion(causal_lm, p, MAX_TOKENS) for p in PROMPTS]
     assert [c["text"] for c in body["cmpl"]["choices"]] == [text for text, _ in continued for _ in range(2)]
     assert body["cmpl"]["usage"]["prompt_tokens"] == sum(n for _, n in continued)
-    # and embeddings are mean-pooled, normalized hidden states; base64 decodes to the float form's vector
-    vectors = [direct_embedding(encoder, s) for s in SENTENCES]
+    # and embeddings equal sentence-transformers' (CLS pooling, normalized); base64 decodes to the float form's
+    # vector; with dimensions, the first N values renormalized, as encode(truncate_dim=N) gives them
+    vectors = [direct_embedding(st_cls, s) for s in SENTENCES]
     got = np.array([d["embedding"] for d in body["emb-float"]["data"]], dtype=np.float32)
     np.testing.assert_allclose(got, np.stack([v for v, _ in vectors]), atol=1e-5)
     assert body["emb-float"]["usage"] == {"prompt_tokens": vectors[0][1] + vectors[1][1],
@@ -222,6 +228,10 @@ def test_mixed_batch_values_equal_the_models_called_directly(mixed: MixedRun, ca
     decoded = np.frombuffer(base64.b64decode(body["emb-b64"]["data"][0]["embedding"]), dtype="<f4")
     np.testing.assert_allclose(decoded, got[1], atol=1e-6)
     assert abs(float(np.linalg.norm(decoded)) - 1) < 1e-5
+    cut, _ = direct_embedding(st_cls, SENTENCES[0], DIMENSIONS)
+    [short] = body["emb-dim"]["data"]
+    assert len(short["embedding"]) == DIMENSIONS and len(got[0]) > DIMENSIONS
+    np.testing.assert_allclose(short["embedding"], cut, atol=1e-5)
 
 
 # --- models that cannot run, cancelling, nothing valid, the command line ------------------------------------
@@ -296,7 +306,7 @@ def test_a_batch_with_no_valid_line_fails_without_jobs(idle_client: Client, caus
         "[1, 2]",
         request("a", CHAT, model=str(causal_lm), messages=[], max_tokens=4),
         "",
-        request("b", EMBEDDINGS, model=str(causal_lm), input="x", dimensions=8),
+        request("b", EMBEDDINGS, model=str(causal_lm), input="x", dimensions=0),
     ])
     before = {s.job_id for s in idle_client.jobs()}
 
@@ -307,7 +317,7 @@ def test_a_batch_with_no_valid_line_fails_without_jobs(idle_client: Client, caus
     obj = batch.status()
     assert obj["status"] == "failed" and isinstance(obj["failed_at"], int)
     assert obj["request_counts"] == {"total": 3, "completed": 0, "failed": 3}
-    expected = [(1, "invalid_json"), (2, "invalid_value"), (4, "unsupported_value")]
+    expected = [(1, "invalid_json"), (2, "invalid_value"), (4, "invalid_value")]
     assert [(e["line"], e["code"]) for e in obj["errors"]["data"]] == expected
     assert [(e["error"]["line"], e["error"]["code"]) for e in read_jsonl(batch.error_file)] == expected
     assert obj["error_file_id"] == str(batch.error_file)

@@ -111,7 +111,8 @@ BAD_LINES = [
     (line(COMPLETIONS, suffix="end"), "unsupported_value", "body.suffix", "r1"),
     (line(COMPLETIONS, best_of=3), "unsupported_value", "body.best_of", "r1"),
     (line(COMPLETIONS, logprobs=2), "unsupported_value", "body.logprobs", "r1"),
-    (line(EMBEDDINGS, dimensions=256), "unsupported_value", "body.dimensions", "r1"),
+    (line(EMBEDDINGS, dimensions=0), "invalid_value", "body.dimensions", "r1"),
+    (line(EMBEDDINGS, dimensions=2.5), "invalid_value", "body.dimensions", "r1"),
     (line(messages=DROP), "missing_field", "body.messages", "r1"),
     (line(messages=[]), "invalid_value", "body.messages", "r1"),
     (line(messages="hi"), "invalid_value", "body.messages", "r1"),
@@ -345,15 +346,19 @@ def test_option_validation_errors_become_invalid_value(monkeypatch: pytest.Monke
     assert errs[0].message.startswith("line 1: body invalid options for task 'text-generation'")
 
 
-def test_embeddings_inputs_are_rows_with_normalized_mean_pooling() -> None:
-    # given a string input and a list input in base64
+def test_embeddings_inputs_are_rows_run_with_the_models_own_semantics() -> None:
+    # given a string input, a list input in base64, and one asking for fewer dimensions
     single = one(line(EMBEDDINGS, input="hello"))
     many = one(line(EMBEDDINGS, input=["a", "b", "c"], encoding_format="base64"))
+    short = one(line(EMBEDDINGS, input="hello", dimensions=64))
 
-    # then each input is a row, and the vectors come out pooled and normalized as OpenAI's are
+    # then each input is a row, run with no options (the model's own pooling, normalization and prompts, as a
+    # feature-extraction job), and dimensions becomes the job option of that name
     assert (single.rows, single.prompts, single.encoding_format) == (["hello"], 1, "float")
     assert (many.rows, many.prompts, many.encoding_format) == (["a", "b", "c"], 3, "base64")
-    assert many.options == {"pooling": "mean", "normalize": True} and many.task == "feature-extraction"
+    defaults = tasks.get("feature-extraction").validate_options({})
+    assert many.options == defaults and many.task == "feature-extraction"
+    assert short.options == {**defaults, "dimensions": 64}
     assert one(line(EMBEDDINGS, encoding_format="float")).encoding_format == "float"
 
 

@@ -172,8 +172,8 @@ def test_failed_line_reports_a_request_that_ran_and_failed_as_openai_does() -> N
 def test_invalid_line_carries_the_line_error_and_no_response() -> None:
     # given a file with a rejected line and a line whose custom id is missing
     good = json.dumps({"custom_id": "a", "method": "POST", "url": "/v1/embeddings", "body": {"model": "m", "input": "x"}})
-    bad = json.dumps({"custom_id": "b", "method": "POST", "url": "/v1/embeddings",
-                      "body": {"model": "m", "input": "x", "dimensions": 8}})
+    bad = json.dumps({"custom_id": "b", "method": "POST", "url": "/v1/chat/completions",
+                      "body": {"model": "m", "messages": [{"role": "user", "content": "x"}], "tools": [{}]}})
     _, errs = parse_lines([good, "", bad, "{}"])
 
     # when their error lines are built
@@ -183,9 +183,9 @@ def test_invalid_line_carries_the_line_error_and_no_response() -> None:
     assert [re.fullmatch(r"batch_req_[0-9a-f]{24}", line.pop("id")) is not None for line in lines] == [True, True]
     assert lines == [
         {"custom_id": "b", "response": None,
-         "error": {"code": "unsupported_value", "message": errs[0].message, "param": "body.dimensions", "line": 3}},
+         "error": {"code": "unsupported_value", "message": errs[0].message, "param": "body.tools", "line": 3}},
         {"custom_id": None, "response": None,
          "error": {"code": "missing_custom_id", "message": errs[1].message, "param": "custom_id", "line": 4}},
     ]
-    assert errs[0].message.startswith("line 3: body.dimensions is not supported by hfqueue (local models)")
+    assert errs[0].message.startswith("line 3: body.tools is not supported by hfqueue (local models)")
     json.dumps(lines)
