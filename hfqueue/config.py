@@ -76,7 +76,8 @@ class Settings(BaseSettings):
         None, gt=0, description="Most padded tokens (rows x longest row) in one forward pass; unset: "
         "4096 on CPU (measured fastest, see Benchmarks), 16384 on CUDA."
     )
-    max_length: int = Field(512, gt=0, description="Inputs are truncated to this many tokens.")
+    max_length: int = Field(512, gt=0, description="Inputs are truncated to this many tokens at most (fewer when the "
+                            "model's own limit is lower).")
     max_wait_ms: int = Field(
         5, ge=0, description="Request lane (`client.infer`, small jobs): most milliseconds a worker keeps "
         "gathering queued entries into one batch (it stops at once when none is waiting)."

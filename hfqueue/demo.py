@@ -64,14 +64,14 @@ def run_demo(settings: Settings, rows: int = 2000) -> int:
     try:
         print(f"embedding {rows} sentences from pydoc_data.topics with all-MiniLM-L6-v2 ...")
         job = client.submit(task="feature-extraction", model=str(minilm_path()), dataset=str(data_dir),
-                            column="text", options={"normalize": True}, output_dir=f"demo-{time.strftime('%Y%m%d-%H%M%S')}")
+                            column="text", output_dir=f"demo-{time.strftime('%Y%m%d-%H%M%S')}")
         status = job.wait(timeout=1800, progress=True)
         print(f"job {job.id}: {status.state.value}, {status.rows_done} rows in {status.elapsed:.1f} s "
-              f"({status.rows_per_second:.1f} rows/s, model load included)")
+              f"({status.rows_per_second:.1f} rows/s, model load included; {status.rows_truncated} rows cut to the "
+              "model's input limit)")
         print(f"results: {job.output_dir} (Parquet parts + manifest.json)")
         ds = job.result()
-        query = client.submit(task="feature-extraction", model=str(minilm_path()), inputs=[QUERY],
-                              options={"normalize": True}).result(timeout=600)
+        query = client.submit(task="feature-extraction", model=str(minilm_path()), inputs=[QUERY]).result(timeout=600)
         scores = np.asarray(ds["embedding"], dtype=np.float32) @ np.asarray(query["embedding"][0], dtype=np.float32)
         print(f"\nnearest sentences to {QUERY!r}:")
         for i in np.argsort(-scores)[:5]:

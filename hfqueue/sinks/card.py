@@ -38,8 +38,12 @@ def render(manifest: dict[str, Any], shards: list[Shard]) -> str:
         f"| model revision | `{revision}` |",
         *([f"| adapter | `{spec['adapter']}` |"] if spec.get("adapter") else []),
         f"| parameters | `{options}` |",
+        *([f"| resolved from the model | `{json.dumps(manifest['resolved'], sort_keys=True)}` |"]
+          if manifest.get("resolved") else []),
         f"| source | `{source}`" + (f" (split `{spec['split']}`)" if spec.get("dataset") else "") + " |",
-        f"| rows | {manifest['rows_total']} in, {manifest['rows_done']} results, {manifest['rows_failed']} errors |",
+        f"| rows | {manifest['rows_total']} in, {manifest['rows_done']} results, {manifest['rows_failed']} errors"
+        + (f", {manifest['rows_truncated']} cut to the model's input limit" if manifest.get("rows_truncated") else "")
+        + " |",
         f"| date | {date} |",
         "",
         ("Each result row keeps its input's position in `row_idx`. Rows that failed are in the `errors` "

@@ -95,14 +95,21 @@ def result_table(adapter: tasks.TaskAdapter, spec: JobSpec, source: Source, chun
     types = adapter.output_types(spec.options)
     columns: dict[str, Any] = {ROW_INDEX: pa.array([chunk.start + i for i in keep], pa.int64())}
     for field, column in source.columns.items():
-        values = [rows[i].get(field) if isinstance(rows[i], dict) else rows[i] if field == adapter.fields[0] else None
-                  for i in keep]
+        values = [_field(rows[i], field, adapter.fields[0]) for i in keep]
         echoed = _echo(values, adapter.echo_inputs)
         if echoed is not None:
             columns[f"input_{column}" if column in types or column == ROW_INDEX else column] = echoed
     for name, arrow_type in types.items():
         columns[name] = pa.array([results.outputs[i][name] for i in keep], arrow_type)  # type: ignore[index]
     return pa.table(columns)
+
+
+def _field(row: Any, field: str, first: str) -> Any:
+    """A row's value of ``field``: from a ``{field: value}`` row, else the row itself for the task's first field
+    (a string, chat messages, an undecoded image) and None for an optional one it does not hold (a text_pair)."""
+    if isinstance(row, dict) and field in row:
+        return row[field]
+    return row if field == first else None
 
 
 def _echo(values: list[Any], as_json: bool) -> pa.Array | None:

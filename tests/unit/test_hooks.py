@@ -63,3 +63,18 @@ def test_prometheus_hooks_count_a_batch_with_bounded_labels() -> None:
     assert f'hfq_batch_padding_efficiency_bucket{{le="0.8",{labels}}} 1.0' in text  # 0.75 and 1.0
     assert f"hfq_batch_rows_sum{{{labels}}} 6.0" in text
     assert "_created" not in text and "process_resident_memory_bytes" in text
+
+
+def test_prometheus_hooks_count_truncated_rows() -> None:
+    # given a worker's registry
+    hooks = PrometheusHooks("w1", "cpu")
+
+    # when two sets of rows ran, three rows of them cut to the model's input limit
+    hooks.rows_done("feature-extraction", "m", ok=10, failed=1, truncated=2)
+    hooks.rows_done("feature-extraction", "m", ok=5, failed=0, truncated=1)
+    text = hooks.exposition().decode()
+
+    # then the truncated counter says three, beside the rows by outcome
+    labels = 'model="m",task="feature-extraction",worker="w1"'
+    assert f"hfq_rows_truncated_total{{{labels}}} 3.0" in text
+    assert 'hfq_rows_total{model="m",outcome="ok",task="feature-extraction",worker="w1"} 15.0' in text
