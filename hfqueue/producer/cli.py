@@ -373,8 +373,10 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
         from hfqueue.worker.supervisor import Supervisor, parse_gpus
 
         return Supervisor(settings, parse_gpus(args.gpus), args.name, args.loglevel).run()
+    from hfqueue.revival import watch_embedded
     from hfqueue.worker.app import run_worker
 
+    watch_embedded(settings, reconcile=True)  # the embedded default: bring a crashed server back, finish its jobs
     run_worker(settings, name=args.name, loglevel=args.loglevel)
     return 0
 
@@ -389,7 +391,9 @@ def _health(args: argparse.Namespace, settings: Settings) -> int:
 
 def _flower(args: argparse.Namespace, settings: Settings) -> int:
     from hfqueue.monitoring.flower import run_flower
+    from hfqueue.revival import watch_embedded
 
+    watch_embedded(settings)
     run_flower(settings, address=args.address or settings.flower_address, port=args.port or settings.flower_port,
                auth=not args.no_auth)
     return 0
@@ -399,7 +403,9 @@ def _api(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
     from hfqueue.api.app import create_app
+    from hfqueue.revival import watch_embedded
 
+    watch_embedded(settings)
     if not settings.api_keys:
         print("hfq api: warning: HFQ_API_KEYS is empty, so every call but /health is refused; `hfq api-key NAME` "
               "makes a key", file=sys.stderr)

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import redis
 from pydantic import ValidationError
 
 from hfqueue.config import Settings, load_settings
@@ -196,7 +197,12 @@ class Client:
 
     def workers(self, timeout: float = 1.0) -> list[str]:
         """Names of the workers that answer a ping within ``timeout`` seconds."""
-        replies = self._celery.control.ping(timeout=timeout) or []
+        try:
+            replies = self._celery.control.ping(timeout=timeout) or []
+        except (redis.ConnectionError, OSError):
+            # A pooled connection to a Redis that restarted at the same address fails once; the pool then
+            # has it replaced, so one more try goes through.
+            replies = self._celery.control.ping(timeout=timeout) or []
         return sorted(name for reply in replies for name in reply)
 
     def live_workers(self) -> list[WorkerInfo]:

@@ -128,3 +128,24 @@ def _plan(record: dict[str, str], folder: Path, job_id: str, chunks: list[Chunk]
                            f"the job has {record['rows_total']}", value=job_id)
     # The stored spec is the one validated at submit, with its defaults filled in: taken as it is.
     return Plan(JobSpec.model_construct(**spec), source, int(record["rows_total"]), chunks, folder)
+
+
+def recover_open_jobs(client: "Client", limit: int = 100_000) -> int:
+    """Resume every queued or running job Redis holds; return how many.
+
+    For a Redis restored from its append-only file, whose last second of writes may be gone: a chunk whose
+    count was lost is counted from its part on disk, a chunk whose message was lost is sent again (a copy of
+    one still queued finds its part written by then and is skipped). Finalizing jobs are left to the delivery
+    that publishes them.
+    """
+    resumed = 0
+    for job_id in client.store.job_ids(limit):
+        if client.store.state(job_id) not in (JobState.QUEUED, JobState.RUNNING):
+            continue
+        try:
+            resume(client, job_id)
+        except HfqError as exc:
+            logger.warning("job %s could not be reconciled with its output folder: %s", job_id, exc)
+            continue
+        resumed += 1
+    return resumed

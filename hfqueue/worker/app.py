@@ -40,6 +40,7 @@ def run_worker(settings: Settings, *, name: str | None = None, loglevel: str | N
     its chunk back, while the parent never touches CUDA.
     """
     from hfqueue.worker import tasks
+    from hfqueue.worker.outage import QuietRetries
     from hfqueue.worker.preflight import preflight
 
     url = broker_url(settings)
@@ -48,6 +49,7 @@ def run_worker(settings: Settings, *, name: str | None = None, loglevel: str | N
     node = name or f"hfq-{os.getpid()}@{socket.gethostname()}"
     tasks.register(app, settings, url, node)
     worker_shutdown.connect(lambda **_: _hand_back(settings, url, node), weak=False)
+    QuietRetries().install()  # one line per broker outage, not one per retry
     app.worker_main([
         "worker", "--pool=prefork", "--concurrency=1",
         f"--queues={','.join(consumed_queues(settings.queue, node))}",

@@ -37,6 +37,7 @@ from hfqueue.worker.batching import gather
 from hfqueue.worker.context import WorkerContext, warm_imports
 from hfqueue.worker.lane import HEARTBEAT_EVERY, SWEEP_EVERY, Lane
 from hfqueue.worker.models import resolve_device
+from hfqueue.worker.outage import Outage
 from hfqueue.worker.runner import RowResults
 
 logger = logging.getLogger(__name__)
@@ -69,6 +70,7 @@ def _beat_forever(ctx: WorkerContext, lane: Lane) -> None:
     # Its own thread: the serving thread may wait minutes for the model lock behind a long batch. Each beat
     # also says what this process holds, for `hfq workers`.
     device, started = resolve_device(ctx.settings.device), time.time()
+    outage = Outage(logger, "heartbeat")
     while True:
         try:
             lane.heartbeat()
@@ -80,8 +82,10 @@ def _beat_forever(ctx: WorkerContext, lane: Lane) -> None:
                                   redelivery_window=1.2 * ctx.settings.visibility_timeout + 60)
             if moved:
                 logger.warning("moved %d chunks queued for workers that stopped onto the shared queues", moved)
-        except Exception:  # noqa: BLE001 - Redis may be restarting; the next beat retries
-            logger.warning("request lane heartbeat failed", exc_info=True)
+            outage.ok()
+        except Exception as exc:  # noqa: BLE001 - Redis may be restarting; the next beat retries
+            if not outage.failed(exc):
+                logger.warning("request lane heartbeat failed", exc_info=True)
         time.sleep(HEARTBEAT_EVERY)
 
 
@@ -90,12 +94,14 @@ def serve_forever(ctx: WorkerContext, lane: Lane) -> None:
     settings = ctx.settings
     device = resolve_device(settings.device)
     next_sweep = 0.0
+    outage = Outage(logger, "request lane")
     while True:
         try:
             if time.monotonic() >= next_sweep:
                 lane.sweep()
                 next_sweep = time.monotonic() + SWEEP_EVERY
             raw = lane.pop(timeout=1)
+            outage.ok()
             if raw is None:
                 continue
             first = Entry(raw, json.loads(raw))
@@ -105,8 +111,9 @@ def serve_forever(ctx: WorkerContext, lane: Lane) -> None:
                                  max_rows=settings.max_batch_size, max_wait_s=settings.max_wait_ms / 1000)
             for group in _groups(entries).values():
                 _serve(ctx, lane, device, group)
-        except Exception:  # noqa: BLE001 - the serving thread must outlive any one bad entry
-            logger.exception("request lane error")
+        except Exception as exc:  # noqa: BLE001 - the serving thread must outlive any one bad entry
+            if not outage.failed(exc):
+                logger.exception("request lane error")
             time.sleep(0.5)
 
 

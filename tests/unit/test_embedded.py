@@ -284,3 +284,86 @@ def test_stop_embedded_stops_an_orphan(state_dir: Path) -> None:
     # when / then
     assert stop_embedded(state_dir) is True
     assert not _pid_alive(pid)
+
+
+def _kill_and_wait(pid: int) -> None:
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while _pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def test_the_address_is_kept_across_stops_kills_and_restarts(state_dir: Path) -> None:
+    # given a running embedded server
+    url = ensure_running(state_dir)
+
+    # when it is stopped and started again, then killed and started again
+    stop_embedded(state_dir)
+    after_stop = ensure_running(state_dir)
+    _kill_and_wait(_state(state_dir)["pid"])
+    after_kill = ensure_running(state_dir)
+
+    # then it always comes back at the same address, and says it was restored from its append-only file
+    assert url == after_stop == after_kill
+    assert hfqueue.embedded.running(state_dir)["restored"] is True  # type: ignore[index]
+
+
+def test_a_port_taken_meanwhile_moves_the_server_and_says_what_to_do(state_dir: Path,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    # given a server stopped, and another program listening on its port
+    url = ensure_running(state_dir)
+    port = _state(state_dir)["port"]
+    stop_embedded(state_dir)
+    with socket.socket() as squatter:
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        squatter.bind(("127.0.0.1", port))
+        squatter.listen()
+
+        # when it is started again
+        new = ensure_running(state_dir)
+
+    # then it listens elsewhere, keeps that port from now on, and the log says why and what to do
+    assert new != url and _ping(new)
+    assert f"port {port} of the embedded redis-server is taken by another program" in caplog.text
+    stop_embedded(state_dir)
+    assert ensure_running(state_dir) == new
+
+
+def test_revive_brings_a_crashed_server_back_but_not_one_stopped_by_hfq_down(state_dir: Path) -> None:
+    # given a running server
+    url = ensure_running(state_dir)
+
+    # when it is killed, then revive starts it again at its address
+    _kill_and_wait(_state(state_dir)["pid"])
+    assert hfqueue.embedded.revive(state_dir) == url and _ping(url)
+
+    # when `hfq down` stops it, then revive leaves it stopped, until a command starts it (clearing the mark)
+    stop_embedded(state_dir)
+    assert hfqueue.embedded.stopped_by_operator(state_dir)
+    assert hfqueue.embedded.revive(state_dir) is None and not _ping(url)
+    assert ensure_running(state_dir) == url
+    assert not hfqueue.embedded.stopped_by_operator(state_dir)
+
+
+def test_revival_thread_restarts_once_and_waits_quietly_after_hfq_down(state_dir: Path,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    # given a process watching its embedded server
+    from hfqueue.config import Settings
+    from hfqueue.revival import Revival
+
+    settings = Settings(state_dir=state_dir)
+    url = ensure_running(state_dir)
+    watch = Revival(settings, url)
+    watch.step()
+
+    # when the server is killed, then one look brings it back and says so once
+    _kill_and_wait(_state(state_dir)["pid"])
+    watch.step()
+    assert _ping(url)
+    assert caplog.text.count("is gone (crashed or killed)") == 1 and "is back at" in caplog.text
+
+    # when it is stopped with `hfq down`, then looks leave it stopped, saying so once
+    stop_embedded(state_dir)
+    for _ in range(3):
+        watch.step()
+    assert not _ping(url) and caplog.text.count("was stopped (hfq down)") == 1
