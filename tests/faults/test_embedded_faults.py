@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
-from hfqueue import Client, Settings, embedded
+from hfqueue import Client, Job, Settings, embedded
+from tests.api_server import start_api
 from tests.conftest import WorkerProcess, settings_env
 from tests.faults.conftest import (assert_completes, fault_settings, running_chunk, serving_child, submit,
                                    wait_for)
@@ -69,6 +71,15 @@ def hfq(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, timeout=60, check=False)
 
 
+def under_way(client: Client, start_worker: Callable[[], WorkerProcess], model: Path, rows: int
+              ) -> tuple[WorkerProcess, Job]:
+    """A worker, and a job of ``rows`` rows on ``model`` of which a chunk runs now."""
+    worker = start_worker()
+    job = submit(client, model, sentences(rows))
+    wait_for(lambda: running_chunk(client, job.id) is not None, 60, "a chunk to start")
+    return worker, job
+
+
 def tracebacks(worker: WorkerProcess) -> int:
     return worker.log.read_text().count("Traceback")
 
@@ -77,9 +88,7 @@ def test_killed_server_comes_back_at_its_address_and_the_job_finishes(
         start_worker: Callable[[], WorkerProcess], zero_setup: Settings, fault_model: Path) -> None:
     # given a worker and a producer on the embedded server, a 6-chunk job under way
     with Client(zero_setup) as client:
-        worker = start_worker()
-        job = submit(client, fault_model, sentences(96))
-        wait_for(lambda: running_chunk(client, job.id) is not None, 60, "a chunk to start")
+        worker, job = under_way(client, start_worker, fault_model, 96)
         before = server(zero_setup.state_dir)
 
         # when the embedded redis-server is SIGKILLed (what an out-of-memory kill looks like)
@@ -98,9 +107,7 @@ def test_small_job_in_flight_on_the_request_lane_survives_the_kill(
         start_worker: Callable[[], WorkerProcess], zero_setup: Settings, fault_model: Path) -> None:
     # given a worker, and a small job (it travels on the request lane) that the worker has taken
     with Client(zero_setup) as client:
-        start_worker()
-        job = submit(client, fault_model, sentences(12))
-        wait_for(lambda: running_chunk(client, job.id) is not None, 60, "the lane job to start")
+        _, job = under_way(client, start_worker, fault_model, 12)
         before = server(zero_setup.state_dir)
 
         # when the server is killed while the entry is in flight
@@ -115,9 +122,7 @@ def test_hfq_down_makes_workers_wait_quietly_until_a_command_starts_it(
         start_worker: Callable[[], WorkerProcess], zero_setup: Settings, fault_model: Path) -> None:
     # given a worker and a job under way on the embedded server
     with Client(zero_setup) as client:
-        worker = start_worker()
-        job = submit(client, fault_model, sentences(96))
-        wait_for(lambda: running_chunk(client, job.id) is not None, 60, "a chunk to start")
+        worker, job = under_way(client, start_worker, fault_model, 96)
 
         # when the operator stops the server with `hfq down`
         assert hfq(zero_setup, "down").returncode == 0
@@ -138,9 +143,7 @@ def test_port_taken_while_down_is_logged_and_the_worker_reconnects_at_the_new_po
         start_worker: Callable[[], WorkerProcess], zero_setup: Settings, fault_model: Path) -> None:
     # given a worker and a job under way, and the server stopped with `hfq down`
     with Client(zero_setup) as client:
-        worker = start_worker()
-        job = submit(client, fault_model, sentences(64))
-        wait_for(lambda: running_chunk(client, job.id) is not None, 60, "a chunk to start")
+        worker, job = under_way(client, start_worker, fault_model, 64)
     old = server(zero_setup.state_dir)
     assert hfq(zero_setup, "down").returncode == 0
 
@@ -170,9 +173,7 @@ def test_after_a_machine_restart_a_new_worker_finds_the_state_and_finishes_the_j
     # given a job under way on the embedded server, on the chunk queue (a killed worker's chunk would wait out the
     # visibility timeout there)
     with Client(zero_setup) as client:
-        worker = start_worker()
-        job = submit(client, fault_model, sentences(96))
-        wait_for(lambda: running_chunk(client, job.id) is not None, 60, "a chunk to start")
+        worker, job = under_way(client, start_worker, fault_model, 96)
     old = server(zero_setup.state_dir)
 
     # when the machine goes down: the worker, its serving child and the server are killed at once
@@ -187,3 +188,21 @@ def test_after_a_machine_restart_a_new_worker_finds_the_state_and_finishes_the_j
     assert new["url"] == old["url"] and new["restored"]
     with Client(zero_setup) as client:
         assert_completes(client.job(job.id), 96, timeout=150)
+
+
+def test_hfq_api_alone_brings_the_killed_server_back(zero_setup: Settings, tmp_path: Path) -> None:
+    # given `hfq api` on the embedded server, with no worker running
+    api = start_api(zero_setup, tmp_path)
+    try:
+        before = server(zero_setup.state_dir)
+
+        # when the server is SIGKILLed
+        os.kill(before["pid"], signal.SIGKILL)
+
+        # then the API process starts it again at the same address and its health check passes again
+        after = came_back(zero_setup.state_dir, before)
+        assert after["url"] == before["url"]
+        wait_for(lambda: requests.get(f"{api.url}/health", timeout=5).status_code == 200, 30, "the API healthy")
+        assert "the embedded redis-server is gone (crashed or killed)" in api.log.read_text()
+    finally:
+        api.stop()
