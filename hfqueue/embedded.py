@@ -129,8 +129,14 @@ def _kept_port(redis_dir: Path) -> int:
         port = int(path.read_text().strip())
     except (OSError, ValueError):
         port = None
-    if port is not None and _port_free(port):
-        return port
+    # A server that has just died can hold its port for a moment more: wait a little before moving elsewhere.
+    deadline = time.monotonic() + 3.0
+    while port is not None:
+        if _port_free(port):
+            return port
+        if time.monotonic() > deadline:
+            break
+        time.sleep(POLL_S)
     new = free_port()
     if port is not None:
         logger.error("port %d of the embedded redis-server is taken by another program; it now listens on %d. "

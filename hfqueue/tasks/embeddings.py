@@ -173,7 +173,8 @@ def _load_sentence_model(model: str, *, revision: str | None, device: str, dtype
     except Exception as exc:  # sentence-transformers raises OSError, ValueError, ... for bad folders
         raise ModelLoadError(f"cannot load model {model!r} for task feature-extraction: {exc}", value=model) from exc
     st.eval()
-    net, tokenizer = st[0].auto_model, st[0].tokenizer
+    net: Any = st[0].auto_model
+    tokenizer = st[0].tokenizer
     return LoadedModel(net, tokenizer, device, resolved_revision(model, net, revision), extra={"st": st},
                        devices=placement(net), max_tokens=model_limit(net.config, tokenizer, st.max_seq_length))
 

@@ -79,7 +79,7 @@ class TextClassification(TaskAdapter):
                 continue
             part = TokenLimit(limit.tokens, limit.truncate)
             texts = [rows[i]["text"] if isinstance(rows[i], dict) else rows[i] for i in index]
-            enc = tokenize(loaded.tokenizer, texts, part, [pairs[i] for i in index] if paired else None)
+            enc = tokenize(loaded.tokenizer, texts, part, [str(pairs[i]) for i in index] if paired else None)
             for j, i in enumerate(index):
                 features[i] = {k: enc[k][j] for k in enc.keys()}
             limit.truncated.update(index[j] for j in part.truncated)

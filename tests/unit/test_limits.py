@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from transformers import BertConfig, GPT2Config, RobertaConfig, T5Config
+from transformers import BertConfig, RobertaConfig, T5Config
 
 from hfqueue.tasks.limits import RowTooLong, TokenLimit, model_limit, position_limit, tokenize
 from tests.tiny_models import _make_tokenizer, sentences
