@@ -72,6 +72,7 @@ class Revival(threading.Thread):
         self._stopping = threading.Event()  # not _stop: threading.Thread has a method of that name
         self._said: set[str] = set()  # what this outage has logged already: one line each, not one per second
         self._run_id: str | None = None
+        self._redis: redis.Redis | None = None  # reconnects by itself to a server back at the same address
         self._client: Any = None
 
     def run(self) -> None:
@@ -124,19 +125,19 @@ class Revival(threading.Thread):
 
     def _reconcile(self, state: dict[str, Any]) -> None:
         """Resume the open jobs once per server run that was restored from disk or restarted under us."""
-        r = redis.Redis.from_url(self.url, decode_responses=True, socket_timeout=5, socket_connect_timeout=2)
-        try:
-            run_id = str(r.info("server")["run_id"])
-            restarted = self._run_id is not None and run_id != self._run_id
-            first_look = self._run_id is None
-            self._run_id = run_id
-            if not (restarted or (first_look and state["restored"])):
-                return
-            # One process per server run does it; the key outlives any job it could concern.
-            if not r.set(f"{KEY_PREFIX}:reconciled:{run_id}", os.getpid(), nx=True, ex=self.settings.job_ttl):
-                return
-        finally:
-            r.close()
+        if self._redis is None:
+            self._redis = redis.Redis.from_url(self.url, decode_responses=True, socket_timeout=5,
+                                               socket_connect_timeout=2)
+        r = self._redis
+        run_id = str(r.info("server")["run_id"])
+        restarted = self._run_id is not None and run_id != self._run_id
+        first_look = self._run_id is None
+        self._run_id = run_id
+        if not (restarted or (first_look and state["restored"])):
+            return
+        # One process per server run does it; the key outlives any job it could concern.
+        if not r.set(f"{KEY_PREFIX}:reconciled:{run_id}", os.getpid(), nx=True, ex=self.settings.job_ttl):
+            return
         from hfqueue.producer.client import Client
         from hfqueue.producer.recovery import recover_open_jobs
 
