@@ -225,10 +225,8 @@ def _run_modules(loaded: LoadedModel, batch: dict[str, Any], pooling: str, norma
                 return features
             if pooling != module.pooling_mode:
                 module = Pooling(module.embedding_dimension, pooling, include_prompt=module.include_prompt)
-        if isinstance(module, Normalize):
-            if not normalize:
-                continue
-            normalize = False  # done here, in the model's own place
+        if isinstance(module, Normalize) and not normalize:
+            continue
         features = module(features)
     return features
 

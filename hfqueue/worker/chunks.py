@@ -54,7 +54,8 @@ def begin(ctx: WorkerContext, job_id: str, chunk: Chunk, out_dir: Path, worker: 
     on_disk = chunk_on_disk(out_dir, chunk.index, chunk.rows)
     if on_disk is not None:
         return None, finish(ctx, job_id, chunk, rows_ok=on_disk.rows_ok, rows_failed=on_disk.rows_failed,
-                            rows_truncated=on_disk.rows_truncated, info={"state": "done", "redelivered": True}, failed=on_disk.failed_whole)
+                            rows_truncated=on_disk.rows_truncated, info={"state": "done", "redelivered": True},
+                            failed=on_disk.failed_whole)
     attempt = ctx.store.chunk_started(job_id, chunk.index, worker)
     ctx.store.transition(job_id, JobState.RUNNING, allowed_from=(JobState.QUEUED.value,), time_field="started_at")
     if attempt > ctx.settings.max_attempts:

@@ -77,7 +77,7 @@ CASES: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
 def test_embedding_job_equals_sentence_transformers(client: Client, build: Callable[..., Path], rows: list[str],
                                                     name: str, shape: dict[str, Any], options: dict[str, Any]) -> None:
     # given a sentence-transformers model of this shape, and rows shorter and far longer than it takes
-    path = build(name.removesuffix("-named"), **shape)
+    path = build(name, **shape)
     library = SentenceTransformer(str(path), device="cpu")
 
     # when a feature-extraction job runs over them with no options but the prompt ones
@@ -221,7 +221,8 @@ def test_custom_module_is_refused_naming_it(idle_client: Client, build: Callable
 
 
 BAD: list[tuple[str, dict[str, Any], str]] = [
-    ("unknown prompt name", {"options": {"prompt_name": "title"}}, r"no prompt named 'title'; its prompts: 'document', 'query'"),
+    ("unknown prompt name", {"options": {"prompt_name": "title"}},
+     r"no prompt named 'title'; its prompts: 'document', 'query'"),
     ("text_pair on a one-field task", {"columns": {"text": "text", "text_pair": "other"}},
      r"reads the fields \['text'\]; `columns` must map"),
     ("zero dimensions", {"options": {"dimensions": 0}}, r"dimensions: Input should be greater than 0"),
