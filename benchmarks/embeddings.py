@@ -43,8 +43,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hfqueue import Client, Settings  # noqa: E402
-from hfqueue.demo import minilm_path, topic_sentences  # noqa: E402
-from hfqueue.embedded import RedisServer  # noqa: E402
+from hfqueue.cli.demo import minilm_path, topic_sentences  # noqa: E402
+from hfqueue.state.embedded import RedisServer  # noqa: E402
 
 
 def plain_loop(model: Any, tok: Any, rows: list[str], batch_size: int = 64) -> np.ndarray:

@@ -6,11 +6,21 @@
 >>> job.wait(progress=True); ds = job.result()                     # doctest: +SKIP
 """
 
-from hfqueue.config import Settings
-from hfqueue.errors import (BrokerUnavailableError, ConfigError, HfqError, InvalidSpecError, JobCancelledError,
-                            JobFailedError, JobNotFoundError, ModelLoadError, PublishError, SourceNotFoundError,
-                            WaitTimeoutError)
-from hfqueue.jobs import JobSpec, JobState, JobStatus
+from hfqueue.core.config import Settings
+from hfqueue.core.jobs import JobSpec, JobState, JobStatus
+from hfqueue.errors import (
+                            BrokerUnavailableError,
+                            ConfigError,
+                            HfqError,
+                            InvalidSpecError,
+                            JobCancelledError,
+                            JobFailedError,
+                            JobNotFoundError,
+                            ModelLoadError,
+                            PublishError,
+                            SourceNotFoundError,
+                            WaitTimeoutError,
+)
 from hfqueue.producer.client import Client, Job
 
 __all__ = [

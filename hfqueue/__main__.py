@@ -2,7 +2,7 @@
 
 import sys
 
-from hfqueue.producer.cli import main
+from hfqueue.cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hfqueue import paths
-from hfqueue.errors import SourceNotFoundError
-from hfqueue.jobs import JobSpec, Source
+from hfqueue.core import paths
+from hfqueue.core.jobs import JobSpec, Source
+from hfqueue.errors import InvalidSpecError, SourceNotFoundError
 
 if TYPE_CHECKING:
     import datasets
@@ -132,3 +132,19 @@ def _open(source: Source) -> "datasets.Dataset":
 
 def _suffix(path: str) -> str:
     return Path(path).suffix.lower()
+
+
+def check_source(source: Source, roots: Sequence[Path]) -> None:
+    """Every local path a resolved :class:`Source` reads from must lie inside ``roots``."""
+    if source.kind == "disk" or (source.kind == "hub" and source.path and paths.looks_local(source.path)):
+        if not source.path:
+            raise InvalidSpecError("a dataset folder source names no folder", value=source.path)
+        paths.check_readable(source.path, roots, "dataset folder")
+    if source.kind == "files":
+        if source.builder not in set(_BUILDERS.values()):
+            raise InvalidSpecError(f"data files builder {source.builder!r} is not one of {sorted(set(_BUILDERS.values()))}",
+                                   value=source.builder)
+        for file in source.data_files or []:
+            if "://" in file:  # datasets would fetch it; a submitted job only ever names local files
+                raise InvalidSpecError(f"data file {file!r} is not a local path", value=file)
+            paths.check_readable(file, roots, "data file")

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from hfqueue import Settings
-from hfqueue.api.keys import hash_key, new_key
-from hfqueue.embedded import free_port
+from hfqueue.core.apikeys import hash_key, new_key
+from hfqueue.state.embedded import free_port
 from tests.conftest import settings_env, wait_serving
 
 

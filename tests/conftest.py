@@ -23,8 +23,8 @@ from pydantic import SecretStr
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may reach the Hub
 
 from hfqueue import Client, Settings  # noqa: E402
-from hfqueue.demo import minilm_path  # noqa: E402
-from hfqueue.embedded import RedisServer  # noqa: E402
+from hfqueue.cli.demo import minilm_path  # noqa: E402
+from hfqueue.state.embedded import RedisServer  # noqa: E402
 from tests import st_models, task_models  # noqa: E402
 from tests.tiny_models import build_classifier, build_encoder, sentences  # noqa: E402
 

@@ -12,10 +12,9 @@ from typing import Any
 import pytest
 import yaml  # type: ignore[import-untyped]
 
-from hfqueue.config import Settings, load_settings
+from hfqueue.cli.main import _parser
+from hfqueue.core.config import Settings, load_settings
 from hfqueue.errors import ConfigError
-from hfqueue.producer.cli import _parser
-
 
 ROOT = Path(__file__).parents[1]
 DOCKERFILE = ROOT / "Dockerfile.gpu"

@@ -18,11 +18,26 @@ import datasets
 import numpy as np
 import torch
 from PIL import Image
-from transformers import (BartConfig, BartForConditionalGeneration, BertForMaskedLM, BertForQuestionAnswering,
-                          BertForSequenceClassification, BertForTokenClassification, GenerationConfig, GPT2Config,
-                          GPT2LMHeadModel, PreTrainedTokenizerFast, ViTConfig, ViTForImageClassification,
-                          ViTImageProcessorPil, Wav2Vec2Config, Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor,
-                          Wav2Vec2ForCTC, Wav2Vec2Processor)
+from transformers import (
+    BartConfig,
+    BartForConditionalGeneration,
+    BertForMaskedLM,
+    BertForQuestionAnswering,
+    BertForSequenceClassification,
+    BertForTokenClassification,
+    GenerationConfig,
+    GPT2Config,
+    GPT2LMHeadModel,
+    PreTrainedTokenizerFast,
+    ViTConfig,
+    ViTForImageClassification,
+    ViTImageProcessorPil,
+    Wav2Vec2Config,
+    Wav2Vec2CTCTokenizer,
+    Wav2Vec2FeatureExtractor,
+    Wav2Vec2ForCTC,
+    Wav2Vec2Processor,
+)
 
 from tests.tiny_models import _config, _make_tokenizer, _save, seeded
 

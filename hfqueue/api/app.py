@@ -13,12 +13,12 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from hfqueue.api import keys
 from hfqueue.api.uploads import Uploads
-from hfqueue.config import Settings
+from hfqueue.core import apikeys as keys
+from hfqueue.core.config import Settings
 from hfqueue.errors import BrokerUnavailableError, HfqError, InvalidSpecError, JobNotFoundError
 
 if TYPE_CHECKING:

@@ -12,8 +12,8 @@ from pydantic import BaseModel
 
 from hfqueue.api import owners, streams
 from hfqueue.api.app import Page, client_of, errors, owner, page
+from hfqueue.core.jobs import JobSpec, JobState
 from hfqueue.errors import JobNotFoundError
-from hfqueue.jobs import JobSpec, JobState
 from hfqueue.producer.client import Client, Job
 from hfqueue.sinks.local import ROW_INDEX, error_files, part_files
 

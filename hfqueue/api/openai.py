@@ -19,11 +19,11 @@ from hfqueue.api import owners
 from hfqueue.api.app import Page, client_of, errors, owner, page
 from hfqueue.api.uploads import TooLarge, Uploads
 from hfqueue.errors import JobNotFoundError
-from hfqueue.jobs import Keys
 from hfqueue.openai_batch import batch as batches
 from hfqueue.openai_batch.files import ERRORS, OUTPUT
 from hfqueue.openai_batch.handle import OpenAIBatch
 from hfqueue.producer.client import Client
+from hfqueue.state.keys import Keys
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 

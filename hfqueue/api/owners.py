@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import time
 
-from hfqueue.jobs import Keys
-from hfqueue.store import JobStore
+from hfqueue.state.keys import Keys
+from hfqueue.state.store import JobStore
 
 
 def own(store: JobStore, owner: str, kind: str, item_id: str) -> None:

@@ -14,7 +14,7 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from hfqueue.config import Settings
+from hfqueue.core.config import Settings
 from hfqueue.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ def run_flower(settings: Settings, *, address: str, port: int, auth: bool = True
     Basic auth is on unless ``auth`` is False, which only a loopback address allows. Flower's switch
     that opens its API to anyone (``FLOWER_UNAUTHENTICATED_API``) is removed from the environment.
     """
-    from hfqueue.worker.app import broker_url, make_celery
+    from hfqueue.state.broker import broker_url, make_celery
 
     if not auth and not is_loopback(address):
         raise ConfigError(f"Flower without authentication may listen on loopback only, not {address!r}: drop "

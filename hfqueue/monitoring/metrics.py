@@ -11,12 +11,21 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, PlatformCollector, ProcessCollector,
-                               disable_created_metrics, generate_latest, start_http_server)
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+    start_http_server,
+)
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from hfqueue.monitoring.hooks import Hooks
+from hfqueue.core.hooks import Hooks
 
 logger = logging.getLogger(__name__)
 

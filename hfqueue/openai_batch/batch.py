@@ -25,12 +25,13 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from hfqueue.core.jobs import PRIORITIES, JobSpec
+from hfqueue.core.paths import check_output_dir
 from hfqueue.errors import BrokerUnavailableError, InvalidSpecError, JobNotFoundError
-from hfqueue.jobs import PRIORITIES, JobSpec, Keys
 from hfqueue.openai_batch import files
 from hfqueue.openai_batch.requests import ENDPOINTS, Group, LineError, Request, group_requests, parse_lines
-from hfqueue.paths import check_output_dir
-from hfqueue.store import JobStore
+from hfqueue.state.keys import Keys
+from hfqueue.state.store import JobStore
 
 if TYPE_CHECKING:
     from hfqueue.producer.client import Client

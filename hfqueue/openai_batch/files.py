@@ -22,11 +22,12 @@ from typing import IO, Any
 import pyarrow.parquet as pq
 
 from hfqueue import tasks
-from hfqueue.jobs import JobState, Keys
+from hfqueue.core.jobs import JobState
 from hfqueue.openai_batch.requests import LineError, Request
 from hfqueue.openai_batch.responses import failed_line, invalid_line, output_line
 from hfqueue.sinks.local import ROW_INDEX, error_files, part_files
-from hfqueue.store import JobStore
+from hfqueue.state.keys import Keys
+from hfqueue.state.store import JobStore
 
 OUTPUT, ERRORS, BATCH = "output.jsonl", "errors.jsonl", "batch.json"
 _PLAN, _INVALID = "requests.jsonl", "invalid.jsonl"

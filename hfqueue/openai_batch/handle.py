@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hfqueue.errors import WaitTimeoutError
-from hfqueue.jobs import Keys
 from hfqueue.openai_batch import batch, files
+from hfqueue.state.keys import Keys
 
 if TYPE_CHECKING:
     from hfqueue.producer.client import Client, Job

@@ -14,19 +14,26 @@ from typing import TYPE_CHECKING, Any
 import redis
 from pydantic import ValidationError
 
-from hfqueue.config import Settings, load_settings
-from hfqueue.errors import (BrokerUnavailableError, HfqError, InvalidSpecError, JobCancelledError, JobFailedError,
-                            WaitTimeoutError)
-from hfqueue.jobs import JobSpec, JobState, JobStatus, Keys, model_fields
-from hfqueue.manifest import sync_manifest
-from hfqueue.monitoring import presence
+from hfqueue.core.config import Settings, load_settings
+from hfqueue.core.jobs import JobSpec, JobState, JobStatus, model_fields
+from hfqueue.errors import (
+    BrokerUnavailableError,
+    HfqError,
+    InvalidSpecError,
+    JobCancelledError,
+    JobFailedError,
+    WaitTimeoutError,
+)
+from hfqueue.lifecycle.manifest import sync_manifest
 from hfqueue.monitoring.flower import describe_chunk
-from hfqueue.monitoring.presence import WorkerInfo
 from hfqueue.producer.planner import Plan, messages, plan_job
-from hfqueue.routing import route
 from hfqueue.sinks.local import INPUTS, MANIFEST, error_files, part_files, write_inputs
-from hfqueue.store import JobStore, redis_client
-from hfqueue.worker.app import CHUNK_TASK, broker_url, make_celery
+from hfqueue.state import presence
+from hfqueue.state.broker import CHUNK_TASK, broker_url, make_celery, redis_client
+from hfqueue.state.keys import Keys
+from hfqueue.state.presence import WorkerInfo
+from hfqueue.state.routing import route
+from hfqueue.state.store import JobStore
 
 if TYPE_CHECKING:
     import datasets
@@ -106,7 +113,7 @@ class Client:
             self.store.r.rpush(Keys.requests(self.settings.queue), json.dumps(entry))
             return
         outgoing = list(messages(plan, job_id, only))
-        # Workers that hold the model get the first chunks (hfqueue.routing); the rest go to the shared queue.
+        # Workers that hold the model get the first chunks (hfqueue.state.routing); the rest go to the shared queue.
         queues = route(self.store.r, self.settings.queue, plan.spec, len(outgoing), self.settings.affinity_chunks)
         with self._celery.producer_or_acquire() as producer:
             for message, queue in zip(outgoing, queues, strict=True):

@@ -11,10 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hfqueue import paths, sources, tasks
-from hfqueue.config import Settings
+from hfqueue import sources, tasks
+from hfqueue.core import paths
+from hfqueue.core.config import Settings
+from hfqueue.core.jobs import Chunk, JobSpec, Source, plan_chunks
 from hfqueue.errors import InvalidSpecError, SourceNotFoundError
-from hfqueue.jobs import Chunk, JobSpec, Source, plan_chunks
 from hfqueue.sinks import publish
 from hfqueue.sinks.local import MANIFEST, part_files, resolve_output_dir
 

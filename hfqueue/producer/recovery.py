@@ -15,12 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hfqueue.core.jobs import Chunk, JobSpec, JobState, Source
 from hfqueue.errors import HfqError, JobNotFoundError
-from hfqueue.jobs import Chunk, JobSpec, JobState, Source
-from hfqueue.manifest import finalize, sync_manifest
+from hfqueue.lifecycle.manifest import finalize, sync_manifest
 from hfqueue.producer.planner import Plan
-from hfqueue.sinks.local import (INPUTS, MANIFEST, chunk_on_disk, read_inputs, read_manifest,
-                                 resolve_output_dir)
+from hfqueue.sinks.local import INPUTS, MANIFEST, chunk_on_disk, read_inputs, read_manifest, resolve_output_dir
 
 if TYPE_CHECKING:
     from hfqueue.producer.client import Client

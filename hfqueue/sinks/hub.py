@@ -15,8 +15,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from hfqueue.core.destinations import Destination
 from hfqueue.errors import PublishError
-from hfqueue.sinks.destinations import Destination
 from hfqueue.sinks.retry import retry
 from hfqueue.sinks.shards import Shard
 

@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from hfqueue.paths import check_output_dir
+from hfqueue.core.paths import check_output_dir
 
 ROW_INDEX = "row_idx"
 MANIFEST = "manifest.json"

@@ -11,10 +11,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from hfqueue.config import Settings
+from hfqueue.core.config import Settings
+from hfqueue.core.destinations import check_allowed, check_installed, parse
 from hfqueue.errors import InvalidSpecError, PublishError
 from hfqueue.sinks import card, hub, remote, shards
-from hfqueue.sinks.destinations import check_allowed, check_installed, parse
 from hfqueue.sinks.local import read_manifest
 
 logger = logging.getLogger(__name__)

@@ -12,8 +12,8 @@ import logging
 import os
 import tempfile
 
+from hfqueue.core.destinations import Destination
 from hfqueue.errors import PublishError
-from hfqueue.sinks.destinations import Destination
 from hfqueue.sinks.hub import Report
 from hfqueue.sinks.retry import retry, short
 from hfqueue.sinks.shards import Shard

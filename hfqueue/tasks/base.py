@@ -16,8 +16,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from hfqueue.errors import ModelLoadError
 from hfqueue.tasks.limits import TokenLimit, model_limit, tokenize
-from hfqueue.tasks.loading import (head_problem, input_device, load_weights, placement, read_config,
-                                   resolved_revision)
+from hfqueue.tasks.loading import head_problem, input_device, load_weights, placement, read_config, resolved_revision
 
 if TYPE_CHECKING:
     import pyarrow as pa

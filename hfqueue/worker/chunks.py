@@ -20,9 +20,9 @@ from typing import Any
 import pyarrow as pa
 
 from hfqueue import tasks
+from hfqueue.core.jobs import Chunk, JobSpec, JobState, Source
 from hfqueue.errors import HfqError
-from hfqueue.jobs import Chunk, JobSpec, JobState, Source
-from hfqueue.manifest import finalize, sync_manifest
+from hfqueue.lifecycle.manifest import finalize, sync_manifest
 from hfqueue.sinks.local import ROW_INDEX, chunk_on_disk, error_table, write_error_part, write_part
 from hfqueue.tasks.base import LoadedModel
 from hfqueue.worker.context import WorkerContext

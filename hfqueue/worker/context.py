@@ -8,23 +8,22 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass, field
-
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
-from hfqueue import paths, tasks
-from hfqueue.config import Settings
+from hfqueue import tasks
+from hfqueue.core import paths
+from hfqueue.core.config import Settings
+from hfqueue.core.hooks import Hooks
+from hfqueue.core.jobs import JobSpec
 from hfqueue.errors import InvalidSpecError, ModelLoadError
-from hfqueue.jobs import JobSpec
-from hfqueue.monitoring.hooks import Hooks
-from hfqueue.store import JobStore
+from hfqueue.state.store import JobStore
 from hfqueue.tasks.base import LoadedModel
 from hfqueue.worker.batching import TokenBudget
 from hfqueue.worker.models import ModelCache
 from hfqueue.worker.peft_adapters import Activation, adapters_of
 from hfqueue.worker.runner import RowResults, infer_rows
-
 
 _imports = threading.Lock()
 

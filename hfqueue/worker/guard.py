@@ -14,10 +14,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from hfqueue import paths
-from hfqueue.config import Settings
+from hfqueue import sources
+from hfqueue.core import paths
+from hfqueue.core.config import Settings
+from hfqueue.core.jobs import Source
 from hfqueue.errors import InvalidSpecError
-from hfqueue.jobs import Source
 from hfqueue.sinks import publish
 from hfqueue.sinks.local import ERRORS
 from hfqueue.worker import chunks
@@ -30,7 +31,7 @@ def check_message(settings: Settings, message: dict[str, Any]) -> None:
     out_dir = paths.check_output_dir(settings.output_root, Path(message["output_dir"]).absolute())
     # A chunk writes its error part under errors/: a symlink there would lead the write out.
     paths.check_output_dir(settings.output_root, out_dir / ERRORS)
-    paths.check_source(Source(**message["source"]), settings.input_roots)
+    sources.check_source(Source(**message["source"]), settings.input_roots)
     output = (message.get("spec") or {}).get("output")
     if output:  # refused before any row runs, not after the whole job did
         publish.check(str(output), settings)

@@ -9,7 +9,7 @@ import time
 from collections import OrderedDict
 from typing import Any
 
-from hfqueue.monitoring.hooks import Hooks
+from hfqueue.core.hooks import Hooks
 from hfqueue.tasks.base import LoadedModel, TaskAdapter
 
 logger = logging.getLogger(__name__)

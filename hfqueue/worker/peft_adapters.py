@@ -31,7 +31,7 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
-from hfqueue import paths
+from hfqueue.core import paths
 from hfqueue.errors import ModelLoadError
 from hfqueue.tasks.base import LoadedModel
 

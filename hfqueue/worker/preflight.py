@@ -1,7 +1,7 @@
 """What a worker checks before it serves: Redis is there (it waits for it), Redis keeps what it is given,
 and the worker can write where jobs write.
 
-Relations between settings are checked when the settings are built (:mod:`hfqueue.config`); these checks
+Relations between settings are checked when the settings are built (:mod:`hfqueue.core.config`); these checks
 need the outside world. Each failure says what to change.
 """
 
@@ -11,14 +11,14 @@ import logging
 import socket
 import tempfile
 import time
-from urllib.parse import urlsplit
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from hfqueue.config import Settings
+from hfqueue.core.config import Settings
 from hfqueue.errors import ConfigError
+from hfqueue.state.redis_server import address
 
 logger = logging.getLogger(__name__)
 
@@ -37,12 +37,6 @@ def preflight(settings: Settings, url: str) -> None:
         client.close()
     check_output_root(settings)
     check_metrics_port(settings)
-
-
-def address(url: str) -> str:
-    """``host:port`` (or the socket path) of a Redis URL: what logs may show of it, never the credentials."""
-    parts = urlsplit(url)
-    return parts.path if parts.scheme == "unix" else f"{parts.hostname}:{parts.port or 6379}"
 
 
 def wait_for_redis(client: redis.Redis, where: str) -> None:

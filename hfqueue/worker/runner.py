@@ -20,8 +20,8 @@ from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 
+from hfqueue.core.hooks import Hooks
 from hfqueue.errors import HfqError, ModelLoadError
-from hfqueue.monitoring.hooks import Hooks
 from hfqueue.tasks.base import LoadedModel, TaskAdapter
 from hfqueue.tasks.limits import TokenLimit
 from hfqueue.worker.batching import TokenBudget, plan_batches

@@ -17,8 +17,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from hfqueue import Client, Job, JobState, JobStatus, Settings
-from hfqueue.embedded import RedisServer
 from hfqueue.sinks.local import error_files, part_files
+from hfqueue.state.embedded import RedisServer
 from tests.conftest import WorkerProcess, wait_for  # noqa: F401 - the fault tests import it from here
 from tests.fault_models import build_fault_encoder
 

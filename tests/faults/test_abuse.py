@@ -29,10 +29,10 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from hfqueue import Client, ConfigError, HfqError, InvalidSpecError, JobFailedError, JobState, Settings
-from hfqueue.config import load_settings
-from hfqueue.embedded import RedisServer
-from hfqueue.jobs import Keys
-from hfqueue.worker.app import CHUNK_TASK
+from hfqueue.core.config import load_settings
+from hfqueue.state.broker import CHUNK_TASK
+from hfqueue.state.embedded import RedisServer
+from hfqueue.state.keys import Keys
 from tests.conftest import WorkerProcess, settings_env
 from tests.faults.tls_proxy import TlsProxy, make_certificates
 

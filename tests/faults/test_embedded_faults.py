@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 import requests
 
-from hfqueue import Client, Job, Settings, embedded
+from hfqueue import Client, Job, Settings
+from hfqueue.state import embedded
 from tests.api_server import start_api
 from tests.conftest import WorkerProcess, settings_env
-from tests.faults.conftest import (assert_completes, fault_settings, running_chunk, serving_child, submit,
-                                   wait_for)
+from tests.faults.conftest import assert_completes, fault_settings, running_chunk, serving_child, submit, wait_for
 from tests.tiny_models import sentences
 
 pytestmark = pytest.mark.timeout(180)

@@ -17,9 +17,9 @@ import pytest
 from transformers import AutoTokenizer
 
 from hfqueue import Client, JobState, Settings
-from hfqueue.embedded import RedisServer
 from hfqueue.errors import JobCancelledError, JobNotFoundError
 from hfqueue.sinks.local import part_files, read_manifest
+from hfqueue.state.embedded import RedisServer
 from tests.conftest import WorkerProcess, settings_env
 from tests.fault_models import POISON, build_fault_encoder
 from tests.faults.conftest import assert_each_row_once, fault_settings, ledger, running_chunk, submit, wait_for

@@ -11,10 +11,17 @@ from pathlib import Path
 import pytest
 
 from hfqueue import Client, JobState, Settings
-from hfqueue.embedded import RedisServer
 from hfqueue.sinks.local import part_files
+from hfqueue.state.embedded import RedisServer
 from tests.conftest import WorkerProcess
-from tests.faults.conftest import assert_completes, assert_each_row_once, fault_settings, running_chunk, submit, wait_for
+from tests.faults.conftest import (
+    assert_completes,
+    assert_each_row_once,
+    fault_settings,
+    running_chunk,
+    submit,
+    wait_for,
+)
 from tests.tiny_models import sentences
 
 pytestmark = pytest.mark.timeout(180)

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from hfqueue import Settings
-from hfqueue.embedded import RedisServer
-from hfqueue.store import redis_client
+from hfqueue.state.broker import redis_client
+from hfqueue.state.embedded import RedisServer
 from tests.conftest import settings_env
 
 pytestmark = pytest.mark.timeout(90)

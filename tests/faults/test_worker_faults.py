@@ -14,9 +14,18 @@ from hfqueue import Client, JobState, Settings
 from hfqueue.errors import JobFailedError
 from tests.conftest import WorkerProcess
 from tests.fault_models import CRASH, build_fault_encoder
+from tests.faults.conftest import (
+    assert_completes,
+    assert_each_row_once,
+    fault_settings,
+    kill,
+    ledger,
+    running_chunk,
+    serving_child,
+    submit,
+    wait_for,
+)
 from tests.tiny_models import sentences
-from tests.faults.conftest import (assert_completes, assert_each_row_once, fault_settings, kill, ledger,
-                                   running_chunk, serving_child, submit, wait_for)
 
 pytestmark = pytest.mark.timeout(180)
 

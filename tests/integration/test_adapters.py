@@ -24,8 +24,8 @@ import torch
 import transformers
 
 from hfqueue import Client, Settings
-from hfqueue.embedded import free_port
 from hfqueue.errors import HfqError, InvalidSpecError, JobFailedError, SourceNotFoundError
+from hfqueue.state.embedded import free_port
 from tests.adapter_models import build_lora, merged
 from tests.conftest import WorkerProcess, settings_env, wait_for
 from tests.integration.monitoring import scrape, total

@@ -13,8 +13,15 @@ from typing import Any
 import datasets
 import pytest
 
-from hfqueue import (Client, InvalidSpecError, JobCancelledError, JobFailedError, JobState, SourceNotFoundError,
-                     WaitTimeoutError)
+from hfqueue import (
+    Client,
+    InvalidSpecError,
+    JobCancelledError,
+    JobFailedError,
+    JobState,
+    SourceNotFoundError,
+    WaitTimeoutError,
+)
 from hfqueue.sinks.local import part_files
 from tests.conftest import settings_env
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from hfqueue import Client, HfqError, InvalidSpecError, JobSpec, WaitTimeoutError
-from hfqueue.jobs import Keys
+from hfqueue.state.keys import Keys
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -19,7 +19,7 @@ import transformers
 from sentence_transformers import CrossEncoder, SentenceTransformer
 
 from hfqueue import Client, JobState
-from hfqueue.demo import minilm_path, topic_sentences
+from hfqueue.cli.demo import minilm_path, topic_sentences
 from hfqueue.errors import InvalidSpecError
 from tests import st_models
 from tests.conftest import minilm_installed

@@ -19,8 +19,8 @@ import requests
 from pydantic import SecretStr
 
 from hfqueue import Client, Job, Settings
-from hfqueue.embedded import free_port
-from hfqueue.worker.app import CHUNK_TASK
+from hfqueue.state.broker import CHUNK_TASK
+from hfqueue.state.embedded import free_port
 from tests.browser import Browser, browser  # noqa: F401 - the fixture
 from tests.conftest import WorkerProcess, settings_env, wait_for, wait_serving
 from tests.dashboard import queried_metrics

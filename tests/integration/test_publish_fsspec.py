@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from hfqueue import Client, InvalidSpecError, JobState, Settings
-from hfqueue.jobs import Keys
+from hfqueue.state.keys import Keys
 from tests.conftest import WorkerProcess
 
 pytestmark = pytest.mark.timeout(120)

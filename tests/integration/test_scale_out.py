@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from hfqueue import Client, Settings
-from hfqueue.monitoring import presence
-from hfqueue.routing import worker_queue
+from hfqueue.state import presence
+from hfqueue.state.routing import worker_queue
 from tests.conftest import WorkerProcess, settings_env, wait_for
 from tests.fault_models import build_fault_encoder
 from tests.tiny_models import sentences

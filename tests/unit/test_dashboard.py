@@ -12,7 +12,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from hfqueue.worker.app import CHUNK_TASK
+from hfqueue.state.broker import CHUNK_TASK
 from tests import dashboard as dash
 
 pytestmark = pytest.mark.timeout(30)

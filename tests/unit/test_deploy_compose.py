@@ -10,10 +10,24 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from hfqueue.producer.cli import _parser
+from hfqueue.cli.main import _parser
 from tests.deploy_files import (
-    COMPOSE, COMPOSE_CPU, DOCKERFILE, DOTENV, K8S_FILES, PATH_VARIABLES, ROOT, SETTINGS, VARIABLE, compose,
-    exec_form, hfq_accepts, hfq_services, service_env, valid_settings)
+    COMPOSE,
+    COMPOSE_CPU,
+    DOCKERFILE,
+    DOTENV,
+    K8S_FILES,
+    PATH_VARIABLES,
+    ROOT,
+    SETTINGS,
+    VARIABLE,
+    compose,
+    exec_form,
+    hfq_accepts,
+    hfq_services,
+    service_env,
+    valid_settings,
+)
 
 pytestmark = pytest.mark.timeout(60)
 

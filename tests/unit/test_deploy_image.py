@@ -8,8 +8,7 @@ import re
 
 import pytest
 
-from tests.deploy_files import (
-    DOCKERFILE, PATH_VARIABLES, ROOT, SETTINGS, dockerfile, exec_form, hfq_accepts, image_env)
+from tests.deploy_files import DOCKERFILE, PATH_VARIABLES, ROOT, SETTINGS, dockerfile, exec_form, hfq_accepts, image_env
 
 pytestmark = pytest.mark.timeout(60)
 

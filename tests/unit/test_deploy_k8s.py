@@ -8,11 +8,21 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from hfqueue.jobs import PRIORITIES, Keys, priority_queue
-from hfqueue.producer.cli import _parser
+from hfqueue.cli.main import _parser
+from hfqueue.core.jobs import PRIORITIES, priority_queue
+from hfqueue.state.keys import Keys
 from tests.deploy_files import (
-    K8S_FILES, PATH_VARIABLES, SETTINGS, container_env, hfq_accepts, hfq_containers, k8s, k8s_kind, pods,
-    valid_settings)
+    K8S_FILES,
+    PATH_VARIABLES,
+    SETTINGS,
+    container_env,
+    hfq_accepts,
+    hfq_containers,
+    k8s,
+    k8s_kind,
+    pods,
+    valid_settings,
+)
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 import redis
 
-import hfqueue.embedded
-from hfqueue.embedded import RedisServer, ensure_running, find_redis_server, free_port, stop_embedded
+import hfqueue.state.embedded
 from hfqueue.errors import BrokerUnavailableError
+from hfqueue.state.embedded import RedisServer, ensure_running, find_redis_server, free_port, stop_embedded
 
 pytestmark = pytest.mark.timeout(60)
 
-REPO_ROOT = Path(hfqueue.embedded.__file__).resolve().parents[2]
+REPO_ROOT = Path(hfqueue.state.embedded.__file__).resolve().parents[2]
 
 
 def _ping(url: str) -> bool:
@@ -166,7 +166,7 @@ def test_ensure_running_starts_once_and_reuses(state_dir: Path) -> None:
 
 
 def _ensure_in_subprocess(state_dir: Path) -> subprocess.Popen[str]:
-    code = "import sys; from pathlib import Path; from hfqueue.embedded import ensure_running; "
+    code = "import sys; from pathlib import Path; from hfqueue.state.embedded import ensure_running; "
     code += "print(ensure_running(Path(sys.argv[1])))"
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     return subprocess.Popen(
@@ -305,7 +305,7 @@ def test_the_address_is_kept_across_stops_kills_and_restarts(state_dir: Path) ->
 
     # then it always comes back at the same address, and says it was restored from its append-only file
     assert url == after_stop == after_kill
-    assert hfqueue.embedded.running(state_dir)["restored"] is True  # type: ignore[index]
+    assert hfqueue.state.embedded.running(state_dir)["restored"] is True  # type: ignore[index]
 
 
 def test_a_port_taken_meanwhile_moves_the_server_and_says_what_to_do(state_dir: Path,
@@ -335,21 +335,21 @@ def test_revive_brings_a_crashed_server_back_but_not_one_stopped_by_hfq_down(sta
 
     # when it is killed, then revive starts it again at its address
     _kill_and_wait(_state(state_dir)["pid"])
-    assert hfqueue.embedded.revive(state_dir) == url and _ping(url)
+    assert hfqueue.state.embedded.revive(state_dir) == url and _ping(url)
 
     # when `hfq down` stops it, then revive leaves it stopped, until a command starts it (clearing the mark)
     stop_embedded(state_dir)
-    assert hfqueue.embedded.stopped_by_operator(state_dir)
-    assert hfqueue.embedded.revive(state_dir) is None and not _ping(url)
+    assert hfqueue.state.embedded.stopped_by_operator(state_dir)
+    assert hfqueue.state.embedded.revive(state_dir) is None and not _ping(url)
     assert ensure_running(state_dir) == url
-    assert not hfqueue.embedded.stopped_by_operator(state_dir)
+    assert not hfqueue.state.embedded.stopped_by_operator(state_dir)
 
 
 def test_revival_thread_restarts_once_and_waits_quietly_after_hfq_down(state_dir: Path,
                                                                        caplog: pytest.LogCaptureFixture) -> None:
     # given a process watching its embedded server
-    from hfqueue.config import Settings
-    from hfqueue.revival import Revival
+    from hfqueue.cli.revival import Revival
+    from hfqueue.core.config import Settings
 
     settings = Settings(state_dir=state_dir)
     url = ensure_running(state_dir)

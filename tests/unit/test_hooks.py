@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from hfqueue.monitoring.hooks import Hooks, SafeHooks
+from hfqueue.core.hooks import Hooks, SafeHooks
 from hfqueue.monitoring.metrics import PrometheusHooks
 
 pytestmark = pytest.mark.timeout(30)

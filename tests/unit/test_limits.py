@@ -6,8 +6,8 @@ import pytest
 from transformers import BertConfig, RobertaConfig, T5Config
 
 from hfqueue.tasks.limits import RowTooLong, TokenLimit, model_limit, position_limit, tokenize
-from tests.tiny_models import _make_tokenizer, sentences
 from tests.st_models import long_sentences
+from tests.tiny_models import _make_tokenizer, sentences
 
 pytestmark = pytest.mark.timeout(30)
 

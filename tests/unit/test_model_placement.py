@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import transformers
 
-from hfqueue.config import load_settings
+from hfqueue.cli.views import workers_table
+from hfqueue.core.config import load_settings
 from hfqueue.errors import ConfigError
-from hfqueue.monitoring.presence import WorkerInfo
-from hfqueue.producer.views import workers_table
+from hfqueue.state.presence import WorkerInfo
 from hfqueue.tasks.loading import placement
 from hfqueue.worker.peft_adapters import same_model
 

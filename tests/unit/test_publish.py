@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from hfqueue import PublishError
+from hfqueue.core.destinations import parse
 from hfqueue.sinks import hub
-from hfqueue.sinks.destinations import parse
 from hfqueue.sinks.retry import retry
 
 pytestmark = pytest.mark.timeout(30)

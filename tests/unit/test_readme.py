@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from hfqueue.config import Settings
-from hfqueue.producer.cli import _parser
+from hfqueue.cli.main import _parser
+from hfqueue.core.config import Settings
 
 pytestmark = pytest.mark.timeout(30)
 README = (Path(__file__).parents[2] / "README.md").read_text()

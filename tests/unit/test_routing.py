@@ -8,10 +8,11 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from hfqueue.embedded import RedisServer
-from hfqueue.jobs import JobSpec, Keys
-from hfqueue.monitoring import presence
-from hfqueue.routing import announce, hand_back, route, sweep, worker_queue
+from hfqueue.core.jobs import JobSpec
+from hfqueue.state import presence
+from hfqueue.state.embedded import RedisServer
+from hfqueue.state.keys import Keys
+from hfqueue.state.routing import announce, hand_back, route, sweep, worker_queue
 
 pytestmark = pytest.mark.timeout(30)
 SPEC = JobSpec(task="feature-extraction", model="org/model-x", inputs=["a"])

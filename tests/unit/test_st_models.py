@@ -15,8 +15,16 @@ import pytest
 from sentence_transformers import CrossEncoder, SentenceTransformer
 from transformers import AutoTokenizer, pipeline
 
-from tests.st_models import (DECODER_PROMPTS, POOLING_MODES, SHORT_LABELS, build_cross_encoder, build_short_classifier,
-                             build_st_decoder, build_st_encoder, long_sentences)
+from tests.st_models import (
+    DECODER_PROMPTS,
+    POOLING_MODES,
+    SHORT_LABELS,
+    build_cross_encoder,
+    build_short_classifier,
+    build_st_decoder,
+    build_st_encoder,
+    long_sentences,
+)
 from tests.tiny_models import build_tokenizer, sentences
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from hfqueue.jobs import JobState, JobStatus
-from hfqueue.producer.views import status_json, status_text
+from hfqueue.cli.views import status_json, status_text
+from hfqueue.core.jobs import JobState, JobStatus
 
 pytestmark = pytest.mark.timeout(30)
 

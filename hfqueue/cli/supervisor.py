@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from hfqueue.config import Settings
+from hfqueue.core.config import Settings
 from hfqueue.errors import ConfigError
 
 logger = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ import socket
 
 import redis
 
-from hfqueue.jobs import Keys
+from hfqueue.state.keys import Keys
 
 logger = logging.getLogger(__name__)
 

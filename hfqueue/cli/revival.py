@@ -27,10 +27,10 @@ from typing import Any
 
 import redis
 
-from hfqueue import embedded
-from hfqueue.config import Settings
+from hfqueue.core.config import Settings
 from hfqueue.errors import HfqError
-from hfqueue.jobs import KEY_PREFIX
+from hfqueue.state import embedded
+from hfqueue.state.keys import KEY_PREFIX
 
 logger = logging.getLogger(__name__)
 

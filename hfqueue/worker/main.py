@@ -1,4 +1,4 @@
-"""The Celery app: built from :class:`~hfqueue.config.Settings`, shared by producers (to send) and workers."""
+"""``hfq worker``'s process: a Celery worker serving chunk tasks, and its hand-back of queued chunks on a warm stop."""
 
 from __future__ import annotations
 
@@ -6,31 +6,15 @@ import logging
 import os
 import socket
 
-from celery import Celery
 from celery.signals import worker_shutdown
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from hfqueue import embedded
-from hfqueue.config import Settings, celery_config
-from hfqueue.routing import consumed_queues
+from hfqueue.core.config import Settings
+from hfqueue.state.broker import broker_url, make_celery
+from hfqueue.state.routing import consumed_queues
 
 logger = logging.getLogger(__name__)
-
-CHUNK_TASK = "hfqueue.run_chunk"
-
-
-def broker_url(settings: Settings) -> str:
-    """The configured broker URL, or the embedded redis-server's (started on first use)."""
-    return settings.broker_url or embedded.ensure_running(settings.state_dir)
-
-
-def make_celery(settings: Settings, url: str) -> Celery:
-    """A Celery app configured for hfqueue; it does not become Celery's global current app."""
-    app = Celery("hfqueue", set_as_current=False)
-    app.conf.update(celery_config(settings, url))
-    return app
-
 
 def run_worker(settings: Settings, *, name: str | None = None, loglevel: str | None = None) -> None:
     """Serve chunk tasks in this process until stopped (``hfq worker``), once Redis answers and passes the
@@ -39,7 +23,7 @@ def run_worker(settings: Settings, *, name: str | None = None, loglevel: str | N
     One prefork child serves models: the hard time limit stays enforceable and a child that dies hands
     its chunk back, while the parent never touches CUDA.
     """
-    from hfqueue.worker import tasks
+    from hfqueue.worker import chunk_task as tasks
     from hfqueue.worker.outage import QuietRetries
     from hfqueue.worker.preflight import preflight
 
@@ -62,7 +46,7 @@ def _hand_back(settings: Settings, url: str, node: str) -> None:
     # A worker stopping warm (a scale-down, a deploy) leaves no chunk behind in its own queues.
     import redis
 
-    from hfqueue.routing import hand_back
+    from hfqueue.state.routing import hand_back
 
     # One quick try: a stopping worker must not wait out a Redis that is gone; the others sweep its queue then.
     r = redis.Redis.from_url(url, decode_responses=True, socket_timeout=5, socket_connect_timeout=2,

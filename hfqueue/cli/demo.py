@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from hfqueue.config import Settings
+from hfqueue.core.config import Settings
 from hfqueue.errors import HfqError
 from hfqueue.producer.client import Client
 

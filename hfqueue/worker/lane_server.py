@@ -1,6 +1,6 @@
 """Serving the request lane: ``client.infer`` requests and small jobs for the same model share forward passes.
 
-Producers push entries onto the lane (:mod:`hfqueue.worker.lane`): an ``infer`` request waits for a
+Producers push entries onto the lane (:mod:`hfqueue.state.lane`): an ``infer`` request waits for a
 reply; a small job (at most ``HFQ_SMALL_JOB_ROWS`` inline rows) is a job like any other, with a record,
 a part and a manifest, whose one chunk travels here instead of through Celery. In each worker's
 serving process a thread takes an entry, then keeps taking while more are waiting — up to
@@ -28,14 +28,14 @@ from typing import Any
 
 import numpy as np
 
+from hfqueue.core.jobs import Chunk, Source
 from hfqueue.errors import ModelLoadError
-from hfqueue.jobs import Chunk, Keys, Source
-from hfqueue import routing
-from hfqueue.monitoring import presence
+from hfqueue.state import presence, routing
+from hfqueue.state.keys import Keys
+from hfqueue.state.lane import HEARTBEAT_EVERY, SWEEP_EVERY, Lane
 from hfqueue.worker import chunks, guard
 from hfqueue.worker.batching import gather
 from hfqueue.worker.context import WorkerContext, warm_imports
-from hfqueue.worker.lane import HEARTBEAT_EVERY, SWEEP_EVERY, Lane
 from hfqueue.worker.models import resolve_device
 from hfqueue.worker.outage import Outage
 from hfqueue.worker.runner import RowResults

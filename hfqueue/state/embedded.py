@@ -9,7 +9,7 @@ The server keeps one address per state folder: its port is chosen once (``state_
 reused by every later start, so when it comes back after a crash, ``hfq down`` or a reboot, the workers,
 Flower and the API that were connected simply reconnect. Only when another program has taken that port
 is a new one chosen, and logged. ``hfq down`` leaves a ``stopped`` mark: long-running processes
-(:mod:`hfqueue.revival`) bring a crashed server back, but wait for a stopped one to be started again.
+(:mod:`hfqueue.cli.revival`) bring a crashed server back, but wait for a stopped one to be started again.
 """
 
 from __future__ import annotations
@@ -30,8 +30,18 @@ from typing import Any
 import redis
 
 from hfqueue.errors import BrokerUnavailableError
-from hfqueue.redis_server import (HOST, POLL_S, RedisServer, connect, find_redis_server, free_port, pid_alive,
-                                  server_args, server_pid, tail)
+from hfqueue.state.redis_server import (
+    HOST,
+    POLL_S,
+    RedisServer,
+    connect,
+    find_redis_server,
+    free_port,
+    pid_alive,
+    server_args,
+    server_pid,
+    tail,
+)
 
 __all__ = ["RedisServer", "ensure_running", "find_redis_server", "free_port", "revive", "running", "running_url",
            "stop_embedded", "stopped_by_operator"]

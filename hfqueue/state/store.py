@@ -11,12 +11,10 @@ import time
 from typing import Any
 
 import redis
-from redis.backoff import ExponentialBackoff
-from redis.retry import Retry
 
-from hfqueue.config import Settings
+from hfqueue.core.jobs import JobState, JobStatus
 from hfqueue.errors import JobNotFoundError
-from hfqueue.jobs import JobState, JobStatus, Keys
+from hfqueue.state.keys import Keys
 
 # KEYS: job hash; ARGV: new state, time field ('' for none), time, number of allowed previous states n,
 # the n allowed states, then field, value pairs to set with the state (in the same step, so no reader sees
@@ -53,20 +51,6 @@ return n
 """
 
 _LIVE = (JobState.QUEUED.value, JobState.RUNNING.value, JobState.FINALIZING.value)
-
-
-def redis_client(url: str, settings: Settings) -> redis.Redis:
-    """A Redis client that rides out a Redis restart: timeouts, keepalive, and retries with back-off."""
-    return redis.Redis.from_url(
-        url,
-        decode_responses=True,
-        socket_timeout=settings.redis_socket_timeout,
-        socket_connect_timeout=settings.redis_socket_timeout,
-        socket_keepalive=True,
-        health_check_interval=settings.redis_health_check_interval,
-        retry=Retry(ExponentialBackoff(cap=5.0, base=0.2), retries=12),
-        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
-    )
 
 
 class JobStore:

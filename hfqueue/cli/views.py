@@ -8,8 +8,8 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from hfqueue.jobs import JobStatus
-from hfqueue.monitoring.presence import WorkerInfo
+from hfqueue.core.jobs import JobStatus
+from hfqueue.state.presence import WorkerInfo
 
 if TYPE_CHECKING:
     from hfqueue.producer.client import Job

@@ -22,8 +22,9 @@ from itertools import chain, zip_longest
 
 import redis
 
-from hfqueue.jobs import PRIORITIES, JobSpec, Keys, priority_queue
-from hfqueue.monitoring import presence
+from hfqueue.core.jobs import PRIORITIES, JobSpec, priority_queue
+from hfqueue.state import presence
+from hfqueue.state.keys import Keys
 
 KOMBU_BINDING = "_kombu.binding."  # kombu's Redis key of a queue's routes (its `keyprefix_queue`)
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import parse_qs, urlsplit
 
-from hfqueue import paths
+from hfqueue.core import paths
 from hfqueue.errors import InvalidSpecError
 
 HUB = "hub://"

@@ -16,8 +16,8 @@ from typing import Any
 import redis
 from pydantic import BaseModel
 
-from hfqueue.config import Settings
-from hfqueue.jobs import Keys
+from hfqueue.core.config import Settings
+from hfqueue.state.keys import Keys
 
 PRESENCE_TTL = 10  # seconds a worker record outlives its last heartbeat
 
@@ -81,8 +81,8 @@ def _rss_bytes() -> int | None:
 def health(settings: Settings, *, worker: bool, timeout: float) -> tuple[bool, str]:
     """Whether Redis answers within ``timeout`` seconds (and, with ``worker``, a serving process of this host has
     published its record), with the reason. Never starts the embedded redis-server."""
-    from hfqueue.embedded import running_url
-    from hfqueue.worker.preflight import address
+    from hfqueue.state.embedded import running_url
+    from hfqueue.state.redis_server import address
 
     url = settings.broker_url or running_url(settings.state_dir)
     if url is None:

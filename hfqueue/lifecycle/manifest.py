@@ -13,12 +13,12 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from hfqueue.config import Settings
+from hfqueue.core.config import Settings
+from hfqueue.core.jobs import JobState
 from hfqueue.errors import HfqError
-from hfqueue.jobs import JobState
 from hfqueue.sinks.local import ERRORS, error_files, read_manifest, write_manifest
 from hfqueue.sinks.publish import publish
-from hfqueue.store import JobStore
+from hfqueue.state.store import JobStore
 
 logger = logging.getLogger(__name__)
 

@@ -13,10 +13,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from hfqueue import embedded
-from hfqueue.config import Settings, load_settings
+from hfqueue.core.config import Settings, load_settings
+from hfqueue.core.jobs import JobState, JobStatus
 from hfqueue.errors import HfqError, JobFailedError, WaitTimeoutError
-from hfqueue.jobs import JobState, JobStatus
+from hfqueue.state import embedded
 
 EXIT_FAILED, EXIT_INPUT, EXIT_PARTIAL, EXIT_TIMEOUT = 1, 2, 3, 124
 
@@ -242,7 +242,7 @@ def _submit_batch(args: argparse.Namespace, settings: Settings, wait: bool = Fal
 
 def _batch_outcome(obj: dict[str, Any], as_json: bool) -> int:
     """Print a batch object; exit 0 completed without failures, 3 with some, 1 failed or cancelled."""
-    from hfqueue.producer.views import batch_text
+    from hfqueue.cli.views import batch_text
 
     print(json.dumps(obj, indent=2) if as_json else batch_text(obj))
     if obj["status"] in ("failed", "cancelled", "expired"):
@@ -275,7 +275,7 @@ def _is_batch(args: argparse.Namespace) -> bool:
 
 
 def _status(args: argparse.Namespace, settings: Settings) -> int:
-    from hfqueue.producer import views
+    from hfqueue.cli import views
 
     if _is_batch(args):
         obj = _client(settings).openai_batch(args.job_id).status()
@@ -301,7 +301,7 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
 
 def _cancel(args: argparse.Namespace, settings: Settings) -> int:
     if _is_batch(args):
-        from hfqueue.producer.views import batch_text
+        from hfqueue.cli.views import batch_text
 
         obj = _client(settings).openai_batch(args.job_id).cancel()
         print(json.dumps(obj, indent=2) if args.json else batch_text(obj))
@@ -332,7 +332,7 @@ def _resume(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _jobs(args: argparse.Namespace, settings: Settings) -> int:
-    from hfqueue.producer.views import jobs_table
+    from hfqueue.cli.views import jobs_table
 
     statuses = _client(settings).jobs(args.limit)
     if args.json:
@@ -343,7 +343,7 @@ def _jobs(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _workers(args: argparse.Namespace, settings: Settings) -> int:
-    from hfqueue.producer.views import workers_table
+    from hfqueue.cli.views import workers_table
 
     workers = _client(settings).live_workers()
     if args.json:
@@ -363,18 +363,18 @@ def _print(view: Any) -> None:
 
 
 def _describe(job: Any, status: JobStatus) -> str:
-    from hfqueue.producer.views import status_text
+    from hfqueue.cli.views import status_text
 
     return status_text(status, job.chunks())
 
 
 def _worker(args: argparse.Namespace, settings: Settings) -> int:
     if args.gpus:
-        from hfqueue.worker.supervisor import Supervisor, parse_gpus
+        from hfqueue.cli.supervisor import Supervisor, parse_gpus
 
         return Supervisor(settings, parse_gpus(args.gpus), args.name, args.loglevel).run()
-    from hfqueue.revival import watch_embedded
-    from hfqueue.worker.app import run_worker
+    from hfqueue.cli.revival import watch_embedded
+    from hfqueue.worker.main import run_worker
 
     watch_embedded(settings, reconcile=True)  # the embedded default: bring a crashed server back, finish its jobs
     run_worker(settings, name=args.name, loglevel=args.loglevel)
@@ -382,7 +382,7 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _health(args: argparse.Namespace, settings: Settings) -> int:
-    from hfqueue.monitoring.presence import health
+    from hfqueue.state.presence import health
 
     healthy, reason = health(settings, worker=args.worker, timeout=args.timeout)
     print(("healthy: " if healthy else "unhealthy: ") + reason, file=sys.stdout if healthy else sys.stderr)
@@ -390,8 +390,8 @@ def _health(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _flower(args: argparse.Namespace, settings: Settings) -> int:
+    from hfqueue.cli.revival import watch_embedded
     from hfqueue.monitoring.flower import run_flower
-    from hfqueue.revival import watch_embedded
 
     watch_embedded(settings)
     run_flower(settings, address=args.address or settings.flower_address, port=args.port or settings.flower_port,
@@ -403,7 +403,7 @@ def _api(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
     from hfqueue.api.app import create_app
-    from hfqueue.revival import watch_embedded
+    from hfqueue.cli.revival import watch_embedded
 
     watch_embedded(settings)
     if not settings.api_keys:
@@ -415,7 +415,7 @@ def _api(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _api_key(args: argparse.Namespace, settings: Settings) -> int:
-    from hfqueue.api.keys import check_hashes, hash_key, new_key
+    from hfqueue.core.apikeys import check_hashes, hash_key, new_key
 
     key = new_key()
     entry = {args.name: hash_key(key)}
@@ -435,6 +435,6 @@ def _down(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
-    from hfqueue.demo import run_demo
+    from hfqueue.cli.demo import run_demo
 
     return run_demo(settings, rows=args.rows)

@@ -14,10 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hfqueue.errors import InvalidSpecError
-from hfqueue.jobs import Source
 
-_FIX_READ = "move it under one of them, or add its folder to HFQ_INPUT_ROOTS (a JSON list) on producer and workers"
-_BUILDERS = frozenset({"csv", "json", "parquet"})  # what sources.resolve produces for data files
+FIX_READ = "move it under one of them, or add its folder to HFQ_INPUT_ROOTS (a JSON list) on producer and workers"
 
 
 def resolved(path: str | Path) -> Path:
@@ -55,7 +53,7 @@ def check_readable(path: str | Path, roots: Sequence[Path], what: str) -> Path:
     if not inside(target, roots):
         allowed = ", ".join(str(resolved(r)) for r in roots) or "(none)"
         raise InvalidSpecError(f"{what} {str(path)!r} resolves to {target}, outside the input roots [{allowed}]; "
-                               f"{_FIX_READ}", value=str(path))
+                               f"{FIX_READ}", value=str(path))
     return target
 
 
@@ -77,19 +75,3 @@ def check_model(model: str, roots: Sequence[Path], what: str = "model folder") -
     a Hub id passes."""
     if looks_local(model):
         check_readable(model, roots, what)
-
-
-def check_source(source: Source, roots: Sequence[Path]) -> None:
-    """Every local path a resolved :class:`Source` reads from must lie inside ``roots``."""
-    if source.kind == "disk" or (source.kind == "hub" and source.path and looks_local(source.path)):
-        if not source.path:
-            raise InvalidSpecError("a dataset folder source names no folder", value=source.path)
-        check_readable(source.path, roots, "dataset folder")
-    if source.kind == "files":
-        if source.builder not in _BUILDERS:
-            raise InvalidSpecError(f"data files builder {source.builder!r} is not one of {sorted(_BUILDERS)}",
-                                   value=source.builder)
-        for file in source.data_files or []:
-            if "://" in file:  # datasets would fetch it; a submitted job only ever names local files
-                raise InvalidSpecError(f"data file {file!r} is not a local path", value=file)
-            check_readable(file, roots, "data file")

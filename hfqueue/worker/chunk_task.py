@@ -2,7 +2,7 @@
 
 A chunk task reads its rows, runs the model in batches and hands the outcome to
 :mod:`hfqueue.worker.chunks`, which writes the part and counts the chunk once. The serving child also
-starts the request lane (:mod:`hfqueue.worker.requests`) as threads beside the chunk task.
+starts the request lane (:mod:`hfqueue.worker.lane_server`) as threads beside the chunk task.
 """
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_process_init
 
 from hfqueue import sources
-from hfqueue.config import Settings
+from hfqueue.core.config import Settings
+from hfqueue.core.jobs import Chunk, JobState, Source
 from hfqueue.errors import HfqError, ModelLoadError
-from hfqueue.jobs import Chunk, JobState, Source
 from hfqueue.monitoring.metrics import PrometheusHooks
-from hfqueue.store import JobStore, redis_client
+from hfqueue.state.broker import CHUNK_TASK, redis_client
+from hfqueue.state.store import JobStore
 from hfqueue.worker import chunks, guard
-from hfqueue.worker.app import CHUNK_TASK
 from hfqueue.worker.context import WorkerContext, warm_imports
 from hfqueue.worker.models import ModelCache, resolve_device
 from hfqueue.worker.runner import BatchStopped
@@ -48,7 +48,7 @@ def register(app: Celery, settings: Settings, url: str, node: str) -> None:
 def _start_serving(**_: Any) -> None:
     # In the serving child, as it starts: the metrics endpoint, and the threads that answer client.infer
     # requests and small jobs and publish this worker's presence.
-    from hfqueue.worker.requests import start
+    from hfqueue.worker.lane_server import start
 
     # Nothing slow here: this handler must return within worker_proc_alive_timeout (4 s).
     ctx = context()
