@@ -6,22 +6,13 @@
 >>> job.wait(progress=True); ds = job.result()                     # doctest: +SKIP
 """
 
+from hfqueue.client import Client
 from hfqueue.core.config import Settings
 from hfqueue.core.jobs import JobSpec, JobState, JobStatus
-from hfqueue.errors import (
-                            BrokerUnavailableError,
-                            ConfigError,
-                            HfqError,
-                            InvalidSpecError,
-                            JobCancelledError,
-                            JobFailedError,
-                            JobNotFoundError,
-                            ModelLoadError,
-                            PublishError,
-                            SourceNotFoundError,
-                            WaitTimeoutError,
-)
-from hfqueue.producer.client import Client, Job
+from hfqueue.errors import (BrokerUnavailableError, ConfigError, HfqError, InvalidSpecError, JobCancelledError,
+                            JobFailedError, JobNotFoundError, ModelLoadError, PublishError, SourceNotFoundError,
+                            WaitTimeoutError)
+from hfqueue.producer.client import Job
 
 __all__ = [
     "BrokerUnavailableError", "Client", "ConfigError", "HfqError", "InvalidSpecError", "Job", "JobCancelledError",

@@ -30,7 +30,7 @@ import redis
 from hfqueue.core.config import Settings
 from hfqueue.errors import HfqError
 from hfqueue.state import embedded
-from hfqueue.state.keys import KEY_PREFIX
+from hfqueue.state.keys import Keys
 
 logger = logging.getLogger(__name__)
 
@@ -136,14 +136,14 @@ class Revival(threading.Thread):
         if not (restarted or (first_look and state["restored"])):
             return
         # One process per server run does it; the key outlives any job it could concern.
-        if not r.set(f"{KEY_PREFIX}:reconciled:{run_id}", os.getpid(), nx=True, ex=self.settings.job_ttl):
+        if not r.set(Keys.reconciled(run_id), os.getpid(), nx=True, ex=self.settings.job_ttl):
             return
-        from hfqueue.producer.client import Client
+        from hfqueue.client import Client
         from hfqueue.producer.recovery import recover_open_jobs
 
         if self._client is None:
             self._client = Client(self.settings)
-        resumed = recover_open_jobs(self._client)
+        resumed = recover_open_jobs(self._client.sender, self._client.hooks)
         logger.warning("the embedded redis-server came back from its append-only file: %d open jobs reconciled "
                        "with their output folders", resumed)
 

@@ -1,14 +1,17 @@
-"""Hooks: what a worker tells observers as it serves (batches, model loads, chunk outcomes).
+"""Hooks: what the core tells observers (batches, model loads, chunk outcomes, jobs that ended).
 
-The serving code calls one :class:`Hooks` object and never knows who listens. Metrics plug in as a
-subclass (:class:`~hfqueue.monitoring.metrics.PrometheusHooks`); :class:`SafeHooks` fans each call out to
-several hooks and logs one that raises instead of letting it fail a batch.
+The serving code and the lifecycle call one :class:`Hooks` object and never know who listens. Features
+that react plug in as subclasses, chosen by ``hfq`` and the HTTP API (the only places that wire them):
+metrics (:class:`~hfqueue.monitoring.metrics.PrometheusHooks`) and OpenAI batches
+(:class:`~hfqueue.openai_batch.hooks.BatchHooks`, which writes a batch's files when its last job ends).
+:class:`SafeHooks` fans each call out to several hooks and logs one that raises instead of letting it
+fail a batch or a state change.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -49,12 +52,31 @@ class Hooks:
     def models_resident(self, count: int) -> None:
         """The cache now holds ``count`` models."""
 
+    def job_ended(self, job_id: str, record: Mapping[str, str]) -> None:
+        """Job ``job_id`` reached a final state; ``record`` is its Redis record as it ended (state, counts, tags
+        such as the OpenAI ``batch`` it belongs to). Called after its manifest is written."""
+
+    def serving_started(self, *, address: str, port: int) -> str | None:
+        """A worker's serving process started. A hook that serves something of its own (a metrics endpoint)
+        starts it on ``address``:``port`` (port 0: it serves nothing) and returns its URL for ``hfq workers``."""
+        return None
+
 
 class SafeHooks(Hooks):
     """Calls each of ``hooks`` in turn; one that raises is logged and skipped, never fatal."""
 
     def __init__(self, hooks: Sequence[Hooks] = ()) -> None:
         self.hooks = list(hooks)
+
+    def serving_started(self, *, address: str, port: int) -> str | None:
+        """Each hook's ``serving_started``; the first URL one of them returns."""
+        urls = []
+        for hook in self.hooks:
+            try:
+                urls.append(hook.serving_started(address=address, port=port))
+            except Exception:  # noqa: BLE001 - an observer must never take the work down
+                logger.warning("hook %s.serving_started failed", type(hook).__name__, exc_info=True)
+        return next((url for url in urls if url), None)
 
 
 def _fan_out(name: str) -> Callable[..., None]:
@@ -70,5 +92,7 @@ def _fan_out(name: str) -> Callable[..., None]:
     return call
 
 
-for _name in [n for n, v in vars(Hooks).items() if callable(v) and not n.startswith("_")]:
+# Every other call fans out as it is; one that returns something (serving_started) is written out above.
+for _name in [n for n, v in vars(Hooks).items() if callable(v) and not n.startswith("_") and n not in vars(SafeHooks)]:
     setattr(SafeHooks, _name, _fan_out(_name))
+

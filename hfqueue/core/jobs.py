@@ -28,7 +28,11 @@ class JobState(str, enum.Enum):
     @property
     def is_final(self) -> bool:
         """True once nothing more will happen to the job."""
-        return self not in (JobState.QUEUED, JobState.RUNNING, JobState.FINALIZING)
+        return self.value not in OPEN_STATES
+
+
+# The states a job can still leave: every transition out of "not over yet" starts from one of these.
+OPEN_STATES = (JobState.QUEUED.value, JobState.RUNNING.value, JobState.FINALIZING.value)
 
 
 class JobSpec(BaseModel):

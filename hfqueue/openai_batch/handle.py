@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from hfqueue.errors import WaitTimeoutError
+from hfqueue.lifecycle.batches import BatchState
+from hfqueue.lifecycle.batches import state_of as batch_state
 from hfqueue.openai_batch import batch, files
-from hfqueue.state.keys import Keys
-
-if TYPE_CHECKING:
-    from hfqueue.producer.client import Client, Job
+from hfqueue.producer.client import Client, Job
 
 
 class OpenAIBatch:
@@ -23,7 +22,7 @@ class OpenAIBatch:
     >>> b.output_file.read_text().splitlines()[0]           # doctest: +SKIP
     """
 
-    def __init__(self, client: "Client", batch_id: str) -> None:
+    def __init__(self, client: Client, batch_id: str) -> None:
         self.client = client
         self.id = batch_id
         self._plan: files.Plan | None = None  # read once: it never changes after submit
@@ -35,10 +34,11 @@ class OpenAIBatch:
         """The batch as OpenAI's Batch object: ``status`` (validating, in_progress, finalizing, completed, failed,
         cancelling, cancelled), ``request_counts``, the times, and the output and error files' paths."""
         plan = self._plan_once()
-        if self.client.store.r.hget(Keys.batch(self.id), "state") in batch.OPEN:
+        state = batch_state(batch.batch_store(self.client), self.id)
+        if state is not None and state.is_running:
             # Writing the files may have died with its process; whoever looks next finishes it.
-            batch.job_ended(self.client.store, self.id, plan)
-        return batch.status(self.client.store, self.id, plan)
+            batch.job_ended(self.client, self.id, plan)
+        return batch.status(self.client, self.id, plan)
 
     def wait(self, timeout: float | None = None, poll_interval: float = 1.0) -> dict[str, Any]:
         """Block until the batch is completed, failed or cancelled; return its final object.
@@ -48,7 +48,7 @@ class OpenAIBatch:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             obj = self.status()
-            if obj["status"] in batch.FINAL:
+            if BatchState(obj["status"]).is_final:
                 return obj
             if deadline is not None and time.monotonic() >= deadline:
                 counts = obj["request_counts"]
@@ -62,10 +62,8 @@ class OpenAIBatch:
         """Cancel the batch: its jobs stop, requests that had not run go to the error file as ``batch_cancelled``."""
         return batch.cancel(self.client, self.id)
 
-    def jobs(self) -> list["Job"]:
+    def jobs(self) -> list[Job]:
         """The hfqueue jobs running the batch, one per (endpoint, model, generation options) group."""
-        from hfqueue.producer.client import Job
-
         return [Job(self.client, job_id) for job_id in self._plan_once().by_job]
 
     @property

@@ -13,16 +13,16 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from hfqueue.core.config import Settings
+from hfqueue.core.hooks import Hooks
 from hfqueue.core.jobs import Chunk, JobSpec, JobState, Source
 from hfqueue.errors import HfqError, JobNotFoundError
-from hfqueue.lifecycle.manifest import finalize, sync_manifest
+from hfqueue.lifecycle import jobs as lifecycle
 from hfqueue.producer.planner import Plan
+from hfqueue.producer.sender import Sender
 from hfqueue.sinks.local import INPUTS, MANIFEST, chunk_on_disk, read_inputs, read_manifest, resolve_output_dir
-
-if TYPE_CHECKING:
-    from hfqueue.producer.client import Client
 
 logger = logging.getLogger(__name__)
 
@@ -41,18 +41,18 @@ class ResumeReport:
     state: JobState
 
 
-def resume(client: "Client", job_id: str, output_dir: str | None = None) -> ResumeReport:
+def resume(sender: Sender, hooks: Hooks, job_id: str, output_dir: str | None = None) -> ResumeReport:
     """Make sure every chunk of ``job_id`` without a part is on its way to a worker; see the module docs.
 
     A job that ended ``completed`` or ``completed_with_errors`` is left as it is; one that ended
     ``failed`` or ``cancelled`` runs again from where it stopped, publishing to its ``output`` included.
     """
-    store = client.store
+    store = sender.store
     rebuilt = False
     try:
         record = store.get(job_id)
     except JobNotFoundError:
-        folder = find_output_dir(client, job_id, output_dir)
+        folder = find_output_dir(sender.settings, job_id, output_dir)
         rebuilt = store.create(job_id, _record_from(read_manifest(folder), folder), only_if_absent=True)
         record = store.get(job_id)
     folder = Path(record["output_dir"])
@@ -67,18 +67,16 @@ def resume(client: "Client", job_id: str, output_dir: str | None = None) -> Resu
         if found is None:
             missing.append(chunk)
         else:
-            store.chunk_finished(job_id, chunk.index, rows_ok=found.rows_ok, rows_failed=found.rows_failed,
-                                 rows_truncated=found.rows_truncated,
-                                 info={"state": "done", "resumed": True}, failed=found.failed_whole)
+            lifecycle.recount(store, job_id, chunk.index, rows_ok=found.rows_ok, rows_failed=found.rows_failed,
+                              rows_truncated=found.rows_truncated, failed=found.failed_whole)
     if state in (JobState.FAILED, JobState.CANCELLED):
         # Runs on: the missing chunks, or, with every chunk on disk, the publishing that failed or never ran.
-        store.transition(job_id, JobState.QUEUED if missing else JobState.RUNNING, allowed_from=(state.value,),
-                         error="", finished_at="")
+        lifecycle.reopen(store, job_id, state, chunks_left=bool(missing))
     if missing:
-        client._enqueue(_plan(record, folder, job_id, chunks), job_id, only={c.index for c in missing})
-        sync_manifest(store, job_id)
+        sender.send(_plan(record, folder, job_id, chunks), job_id, only={c.index for c in missing})
+        lifecycle.refresh(store, job_id)
     else:
-        finalize(store, job_id, client.settings)
+        lifecycle.finalize(store, job_id, sender.settings, hooks)
     report = ResumeReport(job_id, rebuilt, len(chunks), len(chunks) - len(missing), len(missing),
                           store.state(job_id) or state)
     logger.info("resumed job %s%s: %d of %d chunks on disk, %d sent again", job_id,
@@ -86,11 +84,11 @@ def resume(client: "Client", job_id: str, output_dir: str | None = None) -> Resu
     return report
 
 
-def find_output_dir(client: "Client", job_id: str, output_dir: str | None) -> Path:
+def find_output_dir(settings: Settings, job_id: str, output_dir: str | None) -> Path:
     """The folder holding ``job_id``'s manifest: ``output_dir`` when given, else searched under the output root."""
-    root = client.settings.output_root.expanduser().resolve()
+    root = settings.output_root.expanduser().resolve()
     if output_dir is not None:
-        candidates = [resolve_output_dir(client.settings.output_root, output_dir, job_id)]
+        candidates = [resolve_output_dir(settings.output_root, output_dir, job_id)]
     else:
         candidates = [root / job_id, *sorted(p.parent for p in root.glob(f"*/{MANIFEST}"))]
     for folder in candidates:
@@ -129,7 +127,7 @@ def _plan(record: dict[str, str], folder: Path, job_id: str, chunks: list[Chunk]
     return Plan(JobSpec.model_construct(**spec), source, int(record["rows_total"]), chunks, folder)
 
 
-def recover_open_jobs(client: "Client", limit: int = 100_000) -> int:
+def recover_open_jobs(sender: Sender, hooks: Hooks, limit: int = 100_000) -> int:
     """Resume every queued or running job Redis holds; return how many.
 
     For a Redis restored from its append-only file, whose last second of writes may be gone: a chunk whose
@@ -138,11 +136,11 @@ def recover_open_jobs(client: "Client", limit: int = 100_000) -> int:
     that publishes them.
     """
     resumed = 0
-    for job_id in client.store.job_ids(limit):
-        if client.store.state(job_id) not in (JobState.QUEUED, JobState.RUNNING):
+    for job_id in sender.store.job_ids(limit):
+        if sender.store.state(job_id) not in (JobState.QUEUED, JobState.RUNNING):
             continue
         try:
-            resume(client, job_id)
+            resume(sender, hooks, job_id)
         except HfqError as exc:
             logger.warning("job %s could not be reconciled with its output folder: %s", job_id, exc)
             continue

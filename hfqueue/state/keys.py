@@ -92,3 +92,8 @@ class Keys:
     def done(job_id: str) -> str:
         """Set: indexes of chunks counted as finished (so a re-delivered chunk is counted once)."""
         return f"{KEY_PREFIX}:job:{job_id}:done"
+
+    @staticmethod
+    def reconciled(run_id: str) -> str:
+        """String with a TTL: one process has resumed the open jobs after redis-server run ``run_id`` started."""
+        return f"{KEY_PREFIX}:reconciled:{run_id}"

@@ -1,4 +1,4 @@
-"""The request lane's consumer: a Redis list taken from reliably, so entries outlive the process holding them.
+"""The request lane's Redis side: producers push entries and wait for replies; consumers take them reliably.
 
 ``client.infer`` requests and small jobs are pushed onto ``hfq:requests:<queue>``. A serving process
 moves each entry it takes (``LMOVE``) onto its own processing list and removes it only once answered.
@@ -12,11 +12,13 @@ that takes it.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 
 import redis
 
+from hfqueue.core.messages import InferReply, LaneEntry
 from hfqueue.state.keys import Keys
 
 logger = logging.getLogger(__name__)
@@ -24,6 +26,34 @@ logger = logging.getLogger(__name__)
 HEARTBEAT_TTL = 10  # seconds a consumer counts as alive after its last heartbeat
 HEARTBEAT_EVERY = 2.0  # seconds between heartbeats, well inside the TTL
 SWEEP_EVERY = 5.0  # seconds between looks for dead consumers
+REPLY_TTL = 60  # seconds a reply waits for a caller that gave up
+
+
+def push(r: redis.Redis, queue: str, entry: LaneEntry) -> str:
+    """Put ``entry`` at the tail of the lane of ``queue``; return its raw form (to take it back by)."""
+    raw = entry.model_dump_json()
+    r.rpush(Keys.requests(queue), raw)
+    return raw
+
+
+def withdraw(r: redis.Redis, queue: str, raw: str) -> bool:
+    """Take an entry back if no consumer has taken it yet; whether it was still waiting."""
+    return bool(r.lrem(Keys.requests(queue), 1, raw))
+
+
+def wait_reply(r: redis.Redis, request_id: str, timeout: float) -> InferReply | None:
+    """The reply to infer request ``request_id``, waiting up to ``timeout`` seconds (whole seconds, at least 1)."""
+    reply = r.blpop([Keys.reply(request_id)], timeout=max(1, math.ceil(timeout)))
+    return None if reply is None else InferReply.model_validate_json(reply[1])
+
+
+def send_reply(r: redis.Redis, request_id: str, reply: InferReply) -> None:
+    """Answer infer request ``request_id``; the reply expires if its caller has given up."""
+    key = Keys.reply(request_id)
+    with r.pipeline() as pipe:
+        pipe.rpush(key, reply.model_dump_json())
+        pipe.expire(key, REPLY_TTL)
+        pipe.execute()
 
 
 class Lane:

@@ -11,15 +11,16 @@ import time
 from typing import Any
 
 import redis
+from redis.commands.core import Script
 
-from hfqueue.core.jobs import JobState, JobStatus
+from hfqueue.core.jobs import OPEN_STATES, JobState, JobStatus
 from hfqueue.errors import JobNotFoundError
 from hfqueue.state.keys import Keys
 
 # KEYS: job hash; ARGV: new state, time field ('' for none), time, number of allowed previous states n,
 # the n allowed states, then field, value pairs to set with the state (in the same step, so no reader sees
 # a failed job without its error).
-_TRANSITION = """
+TRANSITION_LUA = """
 local cur = redis.call('HGET', KEYS[1], 'state')
 if not cur then return -1 end
 local n = tonumber(ARGV[4])
@@ -50,16 +51,15 @@ for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[5]) end
 return n
 """
 
-_LIVE = (JobState.QUEUED.value, JobState.RUNNING.value, JobState.FINALIZING.value)
 
 
 class JobStore:
     """Reads and writes job records. One instance per process; cheap to share."""
 
     def __init__(self, client: redis.Redis, ttl: int) -> None:
-        self.r = client
+        self._r = client
         self.ttl = ttl
-        self._transition = client.register_script(_TRANSITION)
+        self._transition = client.register_script(TRANSITION_LUA)
         self._finish = client.register_script(_FINISH_CHUNK)
 
     def create(self, job_id: str, fields: dict[str, Any], *, only_if_absent: bool = False) -> bool:
@@ -70,14 +70,14 @@ class JobStore:
         now = time.time()
         record = {"state": JobState.QUEUED.value, "created_at": now, "rows_done": 0, "rows_failed": 0,
                   "chunks_done": 0, "chunks_failed": 0, **fields}
-        with self.r.pipeline() as p:
+        with self._r.pipeline() as p:
             if only_if_absent:
                 p.watch(Keys.job(job_id))
                 if p.exists(Keys.job(job_id)):
                     return False
                 p.multi()
             p.delete(Keys.chunks(job_id), Keys.done(job_id))  # leftovers of an earlier life of this id
-            p.hset(Keys.job(job_id), mapping={k: _enc(v) for k, v in record.items()})
+            p.hset(Keys.job(job_id), mapping={k: encode(v) for k, v in record.items()})
             p.expire(Keys.job(job_id), self.ttl)
             p.zadd(Keys.jobs, {job_id: record["created_at"]})
             p.zremrangebyscore(Keys.jobs, "-inf", now - self.ttl)
@@ -89,21 +89,21 @@ class JobStore:
 
     def delete(self, job_id: str) -> None:
         """Remove every key of a job (used when a submit could not enqueue all its chunks)."""
-        with self.r.pipeline() as p:
+        with self._r.pipeline() as p:
             p.delete(Keys.job(job_id), Keys.chunks(job_id), Keys.done(job_id))
             p.zrem(Keys.jobs, job_id)
             p.execute()
 
     def get(self, job_id: str) -> dict[str, str]:
         """The raw job record; :class:`JobNotFoundError` when Redis has none."""
-        record = self.r.hgetall(Keys.job(job_id))
+        record = self._r.hgetall(Keys.job(job_id))
         if not record:
             raise JobNotFoundError(f"no job {job_id!r} in Redis (unknown id, expired, or Redis lost it)", value=job_id)
         return record
 
     def state(self, job_id: str) -> JobState | None:
         """The job's state, or None when the record is gone."""
-        value = self.r.hget(Keys.job(job_id), "state")
+        value = self._r.hget(Keys.job(job_id), "state")
         return JobState(value) if value else None
 
     def status(self, job_id: str) -> JobStatus:
@@ -120,38 +120,45 @@ class JobStore:
             finished_at=_float(rec.get("finished_at")), output_dir=rec["output_dir"], error=rec.get("error") or None,
         )
 
+    def fields(self, job_id: str, *names: str) -> list[str | None]:
+        """Some fields of the job record (None for a missing field, or when the record is gone)."""
+        return self._r.hmget(Keys.job(job_id), list(names))
+
+    def counted(self, job_id: str) -> set[int]:
+        """Indexes of the chunks counted as finished."""
+        return {int(i) for i in self._r.smembers(Keys.done(job_id))}
+
+    def ping(self) -> bool:
+        """Whether Redis answers."""
+        return bool(self._r.ping())
+
     def chunk_states(self, job_id: str) -> dict[int, dict[str, Any]]:
         """Chunk index -> last recorded state of that chunk."""
-        raw = self.r.hgetall(Keys.chunks(job_id))
+        raw = self._r.hgetall(Keys.chunks(job_id))
         return {int(k): json.loads(v) for k, v in raw.items() if not k.startswith("attempts:")}
 
     def job_ids(self, limit: int = 100) -> list[str]:
         """Newest first; index entries whose record expired are dropped on the way."""
-        ids = self.r.zrevrange(Keys.jobs, 0, limit - 1)
-        with self.r.pipeline() as p:
+        ids = self._r.zrevrange(Keys.jobs, 0, limit - 1)
+        with self._r.pipeline() as p:
             for job_id in ids:
                 p.exists(Keys.job(job_id))
             alive = p.execute()
         gone = [j for j, ok in zip(ids, alive, strict=True) if not ok]
         if gone:
-            self.r.zrem(Keys.jobs, *gone)
+            self._r.zrem(Keys.jobs, *gone)
         return [j for j, ok in zip(ids, alive, strict=True) if ok]
 
-    def transition(self, job_id: str, new: JobState, *, allowed_from: tuple[str, ...] = _LIVE,
+    def transition(self, job_id: str, new: JobState, *, allowed_from: tuple[str, ...] = OPEN_STATES,
                    time_field: str = "", **fields: Any) -> bool:
-        """Move the job to ``new`` if it is in one of ``allowed_from``; set ``fields`` when it moved."""
-        return self.move(Keys.job(job_id), new.value, allowed_from, time_field, **fields)
+        """Move the job to ``new`` if it is in one of ``allowed_from``; set ``fields`` when it moved.
 
-    def move(self, key: str, new: str, allowed_from: tuple[str, ...], time_field: str = "", **fields: Any) -> bool:
-        """:meth:`transition` for any record hash with a ``state`` field (jobs, OpenAI batches)."""
-        pairs = [x for k, v in fields.items() for x in (k, _enc(v))]
-        moved = self._transition(keys=[key], args=[new, time_field, time.time(), len(allowed_from), *allowed_from,
-                                                   *pairs])
-        return moved == 1
+        Only :mod:`hfqueue.lifecycle` calls this: it writes the manifest and tells the hooks after each move."""
+        return move(self._transition, Keys.job(job_id), new.value, allowed_from, time_field, **fields)
 
     def chunk_started(self, job_id: str, index: int, worker: str) -> int:
         """Record that a chunk started; return its attempt number (1 for the first delivery)."""
-        with self.r.pipeline() as p:
+        with self._r.pipeline() as p:
             p.hincrby(Keys.chunks(job_id), f"attempts:{index}", 1)
             p.hset(Keys.chunks(job_id), str(index),
                    json.dumps({"state": "running", "worker": worker, "started_at": time.time()}))
@@ -166,15 +173,15 @@ class JobStore:
         only one writes a part, so the disk and the counts agree. The claim expires, so a winner that dies
         before writing does not block a later delivery for long.
         """
-        return bool(self.r.set(Keys.claim(job_id, index), token, nx=True, ex=ttl))
+        return bool(self._r.set(Keys.claim(job_id, index), token, nx=True, ex=ttl))
 
     def is_counted(self, job_id: str, index: int) -> bool:
         """Whether chunk ``index`` has been counted as finished."""
-        return bool(self.r.sismember(Keys.done(job_id), str(index)))
+        return bool(self._r.sismember(Keys.done(job_id), str(index)))
 
     def release(self, job_id: str, index: int) -> None:
         """Give a claim up (its outcome could not be written)."""
-        self.r.delete(Keys.claim(job_id, index))
+        self._r.delete(Keys.claim(job_id, index))
 
     def chunk_finished(self, job_id: str, index: int, *, rows_ok: int, rows_failed: int,
                        info: dict[str, Any], failed: bool = False, rows_truncated: int = 0) -> int:
@@ -185,25 +192,26 @@ class JobStore:
         args = [index, rows_ok, rows_failed, json.dumps(info), self.ttl, int(failed), rows_truncated]
         finished = int(self._finish(keys=keys, args=args))
         if finished >= 0:
-            self.announce(job_id, f"chunk {index}")
+            self.notify(job_id, f"chunk {index}")
         return finished
 
-    def announce(self, job_id: str, event: str) -> None:
+    def notify(self, job_id: str, event: str) -> None:
         """Wake the job's waiters (see :meth:`events`)."""
-        self.r.publish(Keys.events(job_id), event)
+        self._r.publish(Keys.events(job_id), event)
 
     def events(self, job_id: str) -> redis.client.PubSub:
         """A pub/sub subscription to the job's events (state changes, finished chunks), for waiters to wake on."""
-        pubsub = self.r.pubsub(ignore_subscribe_messages=True)
+        pubsub = self._r.pubsub(ignore_subscribe_messages=True)
         pubsub.subscribe(Keys.events(job_id))
         return pubsub
 
     def set_fields(self, job_id: str, **fields: Any) -> None:
         """Set plain fields of the job record (e.g. the resolved model revision)."""
-        self.r.hset(Keys.job(job_id), mapping={k: _enc(v) for k, v in fields.items()})
+        self._r.hset(Keys.job(job_id), mapping={k: encode(v) for k, v in fields.items()})
 
 
-def _enc(value: Any) -> str | int | float:
+def encode(value: Any) -> str | int | float:
+    """A value as a Redis hash field holds it: dicts and lists as JSON, None as the empty string."""
     if isinstance(value, (dict, list)):
         return json.dumps(value)
     if value is None:
@@ -213,3 +221,9 @@ def _enc(value: Any) -> str | int | float:
 
 def _float(value: str | None) -> float | None:
     return float(value) if value else None
+
+
+def move(script: Script, key: str, new: str, allowed_from: tuple[str, ...], time_field: str = "", **fields: Any) -> bool:
+    """Run the registered :data:`TRANSITION_LUA` ``script`` on the record hash at ``key`` (a job's, a batch's)."""
+    pairs = [x for k, v in fields.items() for x in (k, encode(v))]
+    return script(keys=[key], args=[new, time_field, time.time(), len(allowed_from), *allowed_from, *pairs]) == 1
