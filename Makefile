@@ -20,7 +20,8 @@ $(STAMP): pyproject.toml
 run: install  ## embed 2,000 real sentences with all-MiniLM-L6-v2, end to end, offline
 	HF_HUB_OFFLINE=1 $(BIN)/hfq demo
 
-test: install  ## the whole test suite (real redis-server, real workers, tiny models)
+test: install  ## the layer contracts (import-linter), then the whole test suite (real redis-server, real workers, tiny models)
+	$(BIN)/lint-imports
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
 
 bench: install  ## hfqueue against the plain alternatives, side by side (writes benchmarks/results/)

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml  # type: ignore[import-untyped]
 
-from hfqueue.cli.main import _parser
+from hfqueue.cli.parser import build_parser as _parser
 from hfqueue.core.config import Settings, load_settings
 from hfqueue.errors import ConfigError
 

@@ -7,93 +7,28 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
+from typing import Any
 
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from hfqueue.api import jobs, openai
+from hfqueue.api.common import ErrorBody
 from hfqueue.api.uploads import Uploads
-from hfqueue.core import apikeys as keys
+from hfqueue.client import Client
 from hfqueue.core.config import Settings
 from hfqueue.errors import BrokerUnavailableError, HfqError, InvalidSpecError, JobNotFoundError
-
-if TYPE_CHECKING:
-    from hfqueue.producer.client import Client
 
 logger = logging.getLogger(__name__)
 
 UPLOAD_PATH = "/v1/files"
 
 
-class ErrorDetail(BaseModel):
-    """What went wrong, and how to fix it."""
-
-    message: str
-    type: str
-    param: str | None = None
-    code: str | None = None
-
-
-class ErrorBody(BaseModel):
-    """Every error response: the OpenAI shape."""
-
-    error: ErrorDetail
-
-
-T = TypeVar("T")
-
-
-class Page(BaseModel, Generic[T]):
-    """A page of a list, newest first; ask for the next with ``after=last_id``."""
-
-    object: Literal["list"] = "list"
-    data: list[T]
-    first_id: str | None
-    last_id: str | None
-    has_more: bool
-
-
-def page(data: list[T], ids: list[str], more: bool) -> dict[str, Any]:
-    """The fields of a :class:`Page` of ``data``, listed from ``ids``."""
-    return {"data": data, "first_id": ids[0] if ids else None, "last_id": ids[-1] if ids else None,
-            "has_more": more}
-
-
-def client_of(request: Request) -> Client:
-    """The app's :class:`~hfqueue.Client`."""
-    return request.app.state.client  # type: ignore[no-any-return]
-
-
-def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI entries for the error statuses a route can answer (401 always: every route needs a key)."""
-    text = {400: "The request cannot run (the message says why)", 401: "No API key, or a wrong one",
-            404: "No such item for this API key", 409: "Not in a state that allows it",
-            413: "Body or upload too large", 422: "Malformed request", 503: "Redis cannot be reached"}
-    return {s: {"model": ErrorBody, "description": text[s]} for s in sorted({401, 422, *statuses})}
-
-
-_bearer = HTTPBearer(auto_error=False, description="An API key from `hfq api-key NAME` (HFQ_API_KEYS holds its hash)")
-
-
-def owner(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> str:
-    """The name of the API key the request carries; 401 without a valid one."""
-    if credentials is None or credentials.scheme.lower() != "bearer":
-        raise HTTPException(401, "send an API key: Authorization: Bearer <key>", headers={"WWW-Authenticate": "Bearer"})
-    name = keys.owner_of(credentials.credentials, request.app.state.settings.api_keys)
-    if name is None:
-        raise HTTPException(401, "invalid API key", headers={"WWW-Authenticate": "Bearer"})
-    return name
-
-
 def create_app(settings: Settings) -> FastAPI:
     """The API for these settings; its :class:`~hfqueue.Client` opens with the app and closes with it."""
     from hfqueue import __version__
-    from hfqueue.api import jobs, openai
-    from hfqueue.producer.client import Client
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -116,7 +51,7 @@ def create_app(settings: Settings) -> FastAPI:
     def health(request: Request) -> dict[str, str]:
         """Whether the API can reach Redis (no API key needed)."""
         try:
-            request.app.state.client.store.r.ping()
+            request.app.state.client.redis.ping()
         except Exception as exc:  # noqa: BLE001 - any failure to reach Redis is "unhealthy"
             raise BrokerUnavailableError(f"Redis does not answer: {type(exc).__name__}") from None
         return {"status": "ok"}

@@ -11,7 +11,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
 from hfqueue.api import owners, streams
-from hfqueue.api.app import Page, client_of, errors, owner, page
+from hfqueue.api.common import Page, client_of, errors, owner, page
 from hfqueue.core.jobs import JobSpec, JobState
 from hfqueue.errors import JobNotFoundError
 from hfqueue.producer.client import Client, Job
@@ -71,8 +71,8 @@ def _out(job: Job) -> JobOut:
 def submit(spec: JobSpec, request: Request, who: str = Depends(owner)) -> JobOut:
     """Submit a job: the same spec as ``Client.submit`` (inline ``inputs`` or a ``dataset``)."""
     client = client_of(request)
-    job = client._submit(spec, {"owner": who})
-    owners.own(client.store, who, "jobs", job.id)
+    job = Job(client, client.sender.submit(spec, {"owner": who}))  # the record names the key that owns it
+    owners.own(client, who, "jobs", job.id)
     return _out(job)
 
 
@@ -81,7 +81,7 @@ def list_jobs(request: Request, who: str = Depends(owner), limit: int = Query(20
               after: str | None = Query(None, description="the last job id of the previous page")) -> Page[JobOut]:
     """This key's jobs, newest first, ``limit`` a page."""
     client = client_of(request)
-    ids, more = owners.page(client.store, who, "jobs", limit, after)
+    ids, more = owners.page(client, who, "jobs", limit, after)
     data = []
     for job_id in ids:
         try:
@@ -108,12 +108,9 @@ def cancel(job_id: str, request: Request, who: str = Depends(owner)) -> JobOut:
 @router.post("/{job_id}/resume", response_model=JobOut, operation_id="resumeJob", responses=errors(404, 400))
 def resume(job_id: str, request: Request, who: str = Depends(owner)) -> JobOut:
     """Send again the chunks without a part (and publish again, when that failed)."""
-    from hfqueue.producer.recovery import resume as resume_job
-
     client = client_of(request)
-    job = _job(client, who, job_id)
-    resume_job(client, job_id)
-    return _out(job)
+    _job(client, who, job_id)
+    return _out(client.resume(job_id))
 
 
 @router.get("/{job_id}/results", response_class=StreamingResponse, operation_id="getJobResults",

@@ -16,7 +16,7 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from hfqueue.api import owners
-from hfqueue.api.app import Page, client_of, errors, owner, page
+from hfqueue.api.common import Page, client_of, errors, owner, page
 from hfqueue.api.uploads import TooLarge, Uploads
 from hfqueue.errors import JobNotFoundError
 from hfqueue.openai_batch import batch as batches
@@ -127,7 +127,7 @@ def upload(request: Request, file: UploadFile = File(...),
                                       purpose=purpose, max_bytes=int(settings.api_max_upload_mb * 2**20))
     except TooLarge as exc:
         raise HTTPException(413, f"{exc}") from None
-    owners.own(client_of(request).store, who, "files", meta["id"])
+    owners.own(client_of(request), who, "files", meta["id"])
     return FileObject(**meta)
 
 
@@ -135,7 +135,7 @@ def upload(request: Request, file: UploadFile = File(...),
 def list_files(request: Request, who: str = Depends(owner), limit: int = Query(20, ge=1, le=100),
                after: str | None = Query(None)) -> Page[FileObject]:
     """This key's uploaded files, newest first."""
-    ids, more = owners.page(client_of(request).store, who, "files", limit, after)
+    ids, more = owners.page(client_of(request), who, "files", limit, after)
     data = [FileObject(**m) for m in map(_uploads(request).meta, ids) if m is not None]
     return Page[FileObject](**page(data, ids, more))
 
@@ -163,7 +163,7 @@ def delete_file(file_id: str, request: Request, who: str = Depends(owner)) -> Fi
     if meta["purpose"] != "batch":
         raise HTTPException(409, f"{file_id} is a batch's {meta['filename']}: it is kept with its batch")
     _uploads(request).delete(file_id)
-    owners.disown(client_of(request).store, who, "files", file_id)
+    owners.disown(client_of(request), who, "files", file_id)
     return FileDeleted(id=file_id, deleted=True)
 
 
@@ -180,9 +180,9 @@ def create_batch(body: BatchCreate, request: Request, who: str = Depends(owner))
     with _uploads(request).path(body.input_file_id).open("rb") as fh:
         batch_id = batches.submit(client, fh, input_file=body.input_file_id, endpoint=body.endpoint,
                                   metadata=body.metadata, completion_window=body.completion_window, owner=who)
-    owners.own(client.store, who, "batches", batch_id)
+    owners.own(client, who, "batches", batch_id)
     for job in OpenAIBatch(client, batch_id).jobs():
-        owners.own(client.store, who, "jobs", job.id)
+        owners.own(client, who, "jobs", job.id)
     return _batch(client, batch_id)
 
 
@@ -191,7 +191,7 @@ def list_batches(request: Request, who: str = Depends(owner), limit: int = Query
                  after: str | None = Query(None)) -> Page[BatchObject]:
     """This key's batches, newest first."""
     client = client_of(request)
-    ids, more = owners.page(client.store, who, "batches", limit, after)
+    ids, more = owners.page(client, who, "batches", limit, after)
     data = []
     for batch_id in ids:
         try:
@@ -220,7 +220,7 @@ def cancel_batch(batch_id: str, request: Request, who: str = Depends(owner)) -> 
 
 
 def _check_batch(client: Client, who: str, batch_id: str) -> None:
-    if client.store.r.hget(Keys.batch(batch_id), "owner") != who:
+    if client.redis.hget(Keys.batch(batch_id), "owner") != who:
         raise JobNotFoundError(f"no batch {batch_id!r} for this API key", value=batch_id)
 
 
@@ -242,7 +242,7 @@ def _file(request: Request, who: str, file_id: str) -> tuple[dict[str, Any], Pat
         return meta, uploads.path(file_id)
     kind, _, hexid = file_id.removeprefix("file-").partition("-")
     batch_id = f"batch_{hexid}"
-    owner_name, folder = client.store.r.hmget(Keys.batch(batch_id), ["owner", "output_dir"])
+    owner_name, folder = client.redis.hmget(Keys.batch(batch_id), ["owner", "output_dir"])
     if kind in _OUTPUTS and hexid.isalnum() and owner_name == who:
         path = Path(folder or "") / _OUTPUTS[kind]
         if path.exists():

@@ -4,40 +4,44 @@ index of its own, so a list shows a key only its own things and a lookup of anot
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 from hfqueue.state.keys import Keys
-from hfqueue.state.store import JobStore
+
+if TYPE_CHECKING:
+    from hfqueue.producer.client import Client
 
 
-def own(store: JobStore, owner: str, kind: str, item_id: str) -> None:
+def own(client: Client, owner: str, kind: str, item_id: str) -> None:
     """Add ``item_id`` to ``owner``'s index of ``kind`` (jobs, batches, files)."""
     now = time.time()
     key = Keys.owned(owner, kind)
-    with store.r.pipeline() as p:
+    ttl = client.settings.job_ttl  # an index lives as long as the jobs it lists
+    with client.redis.pipeline() as p:
         p.zadd(key, {item_id: now})
-        p.zremrangebyscore(key, "-inf", now - store.ttl)
-        p.expire(key, store.ttl)
+        p.zremrangebyscore(key, "-inf", now - ttl)
+        p.expire(key, ttl)
         p.execute()
 
 
-def page(store: JobStore, owner: str, kind: str, limit: int, after: str | None) -> tuple[list[str], bool]:
+def page(client: Client, owner: str, kind: str, limit: int, after: str | None) -> tuple[list[str], bool]:
     """Newest first: up to ``limit`` ids after the id ``after`` (exclusive), and whether more follow."""
     key = Keys.owned(owner, kind)
     start = 0
     if after is not None:
-        rank = store.r.zrevrank(key, after)
+        rank = client.redis.zrevrank(key, after)
         if rank is None:
             return [], False
         start = rank + 1
-    ids = store.r.zrevrange(key, start, start + limit)
+    ids = client.redis.zrevrange(key, start, start + limit)
     return ids[:limit], len(ids) > limit
 
 
-def owns(store: JobStore, owner: str, kind: str, item_id: str) -> bool:
+def owns(client: Client, owner: str, kind: str, item_id: str) -> bool:
     """Whether ``item_id`` is in ``owner``'s index."""
-    return store.r.zscore(Keys.owned(owner, kind), item_id) is not None
+    return client.redis.zscore(Keys.owned(owner, kind), item_id) is not None
 
 
-def disown(store: JobStore, owner: str, kind: str, item_id: str) -> None:
+def disown(client: Client, owner: str, kind: str, item_id: str) -> None:
     """Take ``item_id`` out of ``owner``'s index (it was deleted)."""
-    store.r.zrem(Keys.owned(owner, kind), item_id)
+    client.redis.zrem(Keys.owned(owner, kind), item_id)

@@ -4,12 +4,12 @@ beside each (owner, name, size, purpose, time). Nothing holds a whole upload in 
 from __future__ import annotations
 
 import json
-import os
 import secrets
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, BinaryIO
+
+from hfqueue.core.files import atomic_open
 
 BLOCK = 1 << 20
 
@@ -28,19 +28,13 @@ class Uploads:
     def save(self, source: BinaryIO, *, owner: str, filename: str, purpose: str, max_bytes: int) -> dict[str, Any]:
         """Copy ``source`` to a new file; return its OpenAI File object. :class:`TooLarge` past ``max_bytes``."""
         file_id = f"file-{secrets.token_hex(12)}"
-        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=f".{file_id}.", suffix=".tmp")
         size = 0
-        try:
-            with os.fdopen(fd, "wb") as out:
-                for block in iter(lambda: source.read(BLOCK), b""):
-                    size += len(block)
-                    if size > max_bytes:
-                        raise TooLarge(f"the file is larger than {max_bytes} bytes (HFQ_API_MAX_UPLOAD_MB)")
-                    out.write(block)
-            os.replace(tmp, self.folder / file_id)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with atomic_open(self.folder / file_id, "wb") as out:  # TooLarge leaves nothing behind
+            for block in iter(lambda: source.read(BLOCK), b""):
+                size += len(block)
+                if size > max_bytes:
+                    raise TooLarge(f"the file is larger than {max_bytes} bytes (HFQ_API_MAX_UPLOAD_MB)")
+                out.write(block)
         meta = {"id": file_id, "object": "file", "bytes": size, "created_at": int(time.time()),
                 "filename": filename, "purpose": purpose, "status": "processed", "owner": owner}
         (self.folder / f"{file_id}.json").write_text(json.dumps(meta))

@@ -5,7 +5,7 @@ worker checks each message again before it reads or writes anything, because who
 Redis can forge a message. Paths are compared after ``~`` is expanded, ``..`` is resolved and every
 symlink is followed, so neither ``../`` nor a symlink inside a root leads out of it.
 
-Hub ids (``org/name``) are not local paths and are not checked here.
+Hub ids (``org/name``) are not local paths: only their form is checked here (:func:`check_model_path`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from hfqueue.errors import InvalidSpecError
+from hfqueue.errors import InvalidSpecError, SourceNotFoundError
 
 FIX_READ = "move it under one of them, or add its folder to HFQ_INPUT_ROOTS (a JSON list) on producer and workers"
 
@@ -66,12 +66,33 @@ def check_output_dir(output_root: Path, output_dir: str | Path) -> Path:
                                value=str(output_dir))
     if not inside(target, [root]):
         raise InvalidSpecError(f"output_dir {str(output_dir)!r} resolves to {target}, outside the output root "
-                               f"{root}; give a folder under the root, or change HFQ_OUTPUT_ROOT", value=str(output_dir))
+                               f"{root}; give a folder under the root, or change HFQ_OUTPUT_ROOT",
+                               value=str(output_dir))
     return target
 
 
-def check_model(model: str, roots: Sequence[Path], what: str = "model folder") -> None:
-    """A model (or a PEFT adapter: ``what="adapter folder"``) named by a local path must lie inside ``roots``;
-    a Hub id passes."""
+def check_model_path(model: str, roots: Sequence[Path], what: str = "model") -> None:
+    """A model (or, with ``what="adapter"``, a PEFT adapter) named by a local path must exist, lie inside ``roots``
+    and be a folder (an adapter's holding ``adapter_config.json``); any other name must be a well-formed Hub id.
+
+    The producer checks a spec with it at submit time, and the worker again before it loads anything (a message
+    in Redis can be forged). :class:`SourceNotFoundError` for a missing or wrong path, else :class:`InvalidSpecError`.
+    """
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    path = Path(model).expanduser()
+    if path.exists():
+        check_readable(model, roots, f"{what} folder")  # first: nothing else is said about a path outside the roots
+        if not path.is_dir():
+            raise SourceNotFoundError(f"{what} path {model!r} is a file; give the {what}'s folder", value=model)
+        if what == "adapter" and not (path / "adapter_config.json").is_file():
+            raise SourceNotFoundError(f"adapter folder {model!r} holds no adapter_config.json: give a folder written "
+                                      "by a PEFT model's save_pretrained", value=model)
+        return
     if looks_local(model):
-        check_readable(model, roots, what)
+        raise SourceNotFoundError(f"{what} path {model!r} does not exist", value=model)
+    try:
+        validate_repo_id(model)
+    except HFValidationError as exc:
+        raise InvalidSpecError(f"{what} {model!r} is neither a local folder nor a Hub {what} id: {exc}",
+                               value=model) from None

@@ -1,8 +1,9 @@
 """Flower for operators: ``hfq flower`` with authentication on, and chunk tasks that read well in it.
 
 Flower shows a task's ``argsrepr`` in place of its arguments, so each chunk task is sent with a one-line
-description (job, chunk k of N, rows, task, model) instead of its message: inline rows and paths inside
-the spec never reach the dashboard, and an operator reads what a task is at a glance.
+description (:meth:`ChunkMessage.describe <hfqueue.core.messages.ChunkMessage.describe>`: job, chunk k of N,
+rows, task, model) instead of its message: inline rows and paths inside the spec never reach the dashboard,
+and an operator reads what a task is at a glance.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import logging
 import os
 import secrets
 from pathlib import Path
-from typing import Any
 
 from hfqueue.core.config import Settings
 from hfqueue.errors import ConfigError
@@ -24,19 +24,6 @@ PASSWORD_FILE = "flower-password"
 RUNTIME_BUCKETS = "0.5,1,5,15,30,60,120,300,600,1200,1800,3600,7200"
 # The tasks page shows no arguments by default: ours are the readable description, and the result the summary.
 TASKS_COLUMNS = "name,args,state,result,received,runtime,worker,uuid"
-
-
-def describe_chunk(message: dict[str, Any], chunks_total: int) -> str:
-    """What Flower shows as a chunk task's arguments.
-
-    >>> describe_chunk({"job_id": "j1", "chunk": {"index": 2, "start": 32, "end": 48},
-    ...                 "spec": {"task": "feature-extraction", "model": "BAAI/bge-small-en-v1.5"}}, 5)
-    'job j1 · chunk 2 of 5 · rows 32-47 (16) · feature-extraction · BAAI/bge-small-en-v1.5'
-    """
-    chunk, spec = message["chunk"], message["spec"]
-    rows = chunk["end"] - chunk["start"]
-    return (f"job {message['job_id']} · chunk {chunk['index']} of {chunks_total} · rows {chunk['start']}-"
-            f"{chunk['end'] - 1} ({rows}) · {spec['task']} · {spec['model']}")
 
 
 def credentials(settings: Settings) -> tuple[str, str, Path | None]:

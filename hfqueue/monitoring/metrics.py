@@ -8,8 +8,8 @@ process has its own registry and endpoint; Prometheus adds ``instance``.
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Iterator
-from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -25,6 +25,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from hfqueue.core.devices import gpu_memory
 from hfqueue.core.hooks import Hooks
 
 logger = logging.getLogger(__name__)
@@ -125,11 +126,20 @@ class PrometheusHooks(Hooks):
         """The metrics in Prometheus' text format, as the endpoint serves them."""
         return generate_latest(self.registry)
 
-    def serve(self, address: str, port: int) -> Any:
-        """Serve the registry at ``http://address:port/metrics`` from a daemon thread; return the server."""
-        server, _ = start_http_server(port, addr=address, registry=self.registry)
-        logger.info("metrics on http://%s:%d/metrics", address, server.server_port)
-        return server
+    def serving_started(self, *, address: str, port: int) -> str | None:
+        """Serve the registry at ``http://address:port/metrics`` from a daemon thread; its URL (the host's name for
+        a wildcard address), or None when ``port`` is 0 or taken: the worker then serves on without metrics."""
+        if not port:
+            return None
+        try:
+            server, _ = start_http_server(port, addr=address, registry=self.registry)
+        except OSError as exc:  # checked free at start-up; taken since: serve without metrics, loudly
+            logger.error("cannot serve metrics on port %d: %s", port, exc)
+            return None
+        host = socket.gethostname() if address in ("0.0.0.0", "::") else address
+        url = f"http://{host}:{server.server_port}/metrics"
+        logger.info("metrics on %s", url)
+        return url
 
 
 class GpuMemoryCollector(Collector):
@@ -147,13 +157,3 @@ class GpuMemoryCollector(Collector):
                 family.add_metric([self.worker, row["device"]], row[name])
         yield from families.values()
 
-
-def gpu_memory() -> list[dict[str, Any]]:
-    """Allocated, reserved and total bytes of each CUDA device, once this process has used CUDA (else [])."""
-    import torch
-
-    if not torch.cuda.is_initialized():  # reading memory must not be what first touches CUDA
-        return []
-    return [{"device": f"cuda:{i}", "allocated": torch.cuda.memory_allocated(i),
-             "reserved": torch.cuda.memory_reserved(i), "total": torch.cuda.get_device_properties(i).total_memory}
-            for i in range(torch.cuda.device_count())]

@@ -11,22 +11,18 @@ invalid line exactly once.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pyarrow.parquet as pq
 
 from hfqueue import tasks
+from hfqueue.core.files import atomic_open
 from hfqueue.core.jobs import JobState
 from hfqueue.openai_batch.requests import LineError, Request
 from hfqueue.openai_batch.responses import failed_line, invalid_line, output_line
 from hfqueue.sinks.local import ROW_INDEX, error_files, part_files
-from hfqueue.state.keys import Keys
 from hfqueue.state.store import JobStore
 
 OUTPUT, ERRORS, BATCH = "output.jsonl", "errors.jsonl", "batch.json"
@@ -54,10 +50,10 @@ class Plan:
 
 def write_plan(folder: Path, placed: list[dict[str, Any]], invalid: list[LineError]) -> None:
     """Keep the batch's plan in its folder (written before any job can end)."""
-    with _atomic(folder / _PLAN) as fh:
+    with atomic_open(folder / _PLAN) as fh:
         for entry in placed:
             fh.write(json.dumps(entry) + "\n")
-    with _atomic(folder / _INVALID) as fh:
+    with atomic_open(folder / _INVALID) as fh:
         for err in invalid:
             fh.write(err.model_dump_json() + "\n")
 
@@ -92,14 +88,14 @@ def read_invalid(folder: Path) -> list[LineError]:
 
 def write_rejected(folder: Path, invalid: list[LineError]) -> None:
     """The error file of a batch none of whose lines is valid."""
-    with _atomic(folder / ERRORS) as fh:
+    with atomic_open(folder / ERRORS) as fh:
         for err in invalid:
             fh.write(json.dumps(invalid_line(err)) + "\n")
 
 
 def write_batch_object(folder: Path, obj: dict[str, Any]) -> None:
     """Keep the final batch object beside the files, for when Redis has forgotten the batch."""
-    with _atomic(folder / BATCH) as fh:
+    with atomic_open(folder / BATCH) as fh:
         json.dump(obj, fh, indent=2)
 
 
@@ -107,17 +103,14 @@ def progress(store: JobStore, plan: Plan) -> int:
     """Requests all of whose rows have run: their chunks are counted, or their job has ended."""
     done_requests = 0
     for job_id, placed in plan.by_job.items():
-        with store.r.pipeline() as p:
-            p.hmget(Keys.job(job_id), ["state", "chunks"])
-            p.smembers(Keys.done(job_id))
-            (state, chunks), done = p.execute()
+        state, chunks = store.fields(job_id, "state", "chunks")
         if state is None or chunks is None:
             continue
         if JobState(state).is_final:
             done_requests += len(placed)
             continue
         size = max(1, json.loads(chunks)[0]["end"])  # chunks are equal and start at row 0
-        counted = {int(i) for i in done}
+        counted = store.counted(job_id)
         done_requests += sum(all(c in counted for c in range(p.first_row // size,
                                                              (p.first_row + p.n_rows - 1) // size + 1))
                              for p in placed)
@@ -131,11 +124,11 @@ def assemble(store: JobStore, folder: Path, plan: Plan, *, cancelled: bool) -> t
     created = int(time.time())
     errors: list[tuple[int, dict[str, Any]]] = [(e.line, invalid_line(e)) for e in plan.invalid]
     completed = 0
-    with _atomic(folder / OUTPUT) as out:
+    with atomic_open(folder / OUTPUT) as out:
         for job_id, placed in plan.by_job.items():
             job_dir = folder / placed[0].job_dir
             results, failures = _results(job_dir, placed[0].request)
-            state, job_error = store.r.hmget(Keys.job(job_id), ["state", "error"])
+            state, job_error = store.fields(job_id, "state", "error")
             # A job that failed on its own before the batch was cancelled reports its own error.
             never_ran = cancelled and state == JobState.CANCELLED.value
             for p in placed:
@@ -148,7 +141,7 @@ def assemble(store: JobStore, folder: Path, plan: Plan, *, cancelled: bool) -> t
                                None)
                 errors.append((p.request.line, _failed(p.request, failure, job_error or "", never_ran)))
     errors.sort(key=lambda e: e[0])
-    with _atomic(folder / ERRORS) as fh:
+    with atomic_open(folder / ERRORS) as fh:
         for _, line in errors:
             fh.write(json.dumps(line) + "\n")
     return completed, len(errors)
@@ -176,17 +169,3 @@ def _results(job_dir: Path, request: Request) -> tuple[dict[int, dict[str, Any]]
         for row in pq.read_table(part).to_pylist():
             failures[row[ROW_INDEX]] = f"{row['error_type']}: {row['error']}"
     return results, failures
-
-
-@contextmanager
-def _atomic(path: Path) -> Iterator[IO[str]]:
-    """Write ``path`` whole or not at all (a reader never sees half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            yield fh
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)

@@ -6,16 +6,16 @@ Everything that can fail here fails before anything is written or enqueued.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from hfqueue import sources, tasks
 from hfqueue.core import paths
 from hfqueue.core.config import Settings
 from hfqueue.core.jobs import Chunk, JobSpec, Source, plan_chunks
-from hfqueue.errors import InvalidSpecError, SourceNotFoundError
+from hfqueue.core.messages import ChunkMessage
+from hfqueue.errors import InvalidSpecError
 from hfqueue.sinks import publish
 from hfqueue.sinks.local import MANIFEST, part_files, resolve_output_dir
 
@@ -37,10 +37,10 @@ def plan_job(spec: JobSpec, settings: Settings, job_id: str) -> Plan:
     Local paths are checked against the roots first, before anything under them is read.
     """
     assert spec.model is not None  # JobSpec fills in the task's default model
-    check_model(spec.model, settings.input_roots)
+    paths.check_model_path(spec.model, settings.input_roots)
     if spec.adapter is not None:
-        check_model(spec.adapter, settings.input_roots, what="adapter")
-    problem = tasks.get(spec.task).check_model(spec.model, spec.revision, spec.options)
+        paths.check_model_path(spec.adapter, settings.input_roots, what="adapter")
+    problem = tasks.get(spec.task).model_problem(spec.model, spec.revision, spec.options)
     if problem:
         raise InvalidSpecError(f"model {spec.model!r} cannot run task {spec.task!r}: {problem}", value=spec.model)
     output_dir = resolve_output_dir(settings.output_root, spec.output_dir, job_id)
@@ -64,38 +64,13 @@ def plan_job(spec: JobSpec, settings: Settings, job_id: str) -> Plan:
     return Plan(spec, source, rows, chunks, output_dir)
 
 
-def messages(plan: Plan, job_id: str, only: set[int] | None = None) -> Iterator[dict[str, Any]]:
-    """The chunk task messages (of the chunks in ``only``, when given): references to the rows, or the
-    rows themselves for inline inputs."""
+def messages(plan: Plan, job_id: str, only: set[int] | None = None) -> Iterator[ChunkMessage]:
+    """The chunk messages (of the chunks in ``only``, when given): references to the rows, or the rows
+    themselves for inline inputs."""
     spec = plan.spec.model_dump(mode="json", exclude={"inputs"})
     for chunk in plan.chunks:
         if only is not None and chunk.index not in only:
             continue
         inline = plan.spec.inputs[chunk.start:chunk.end] if plan.spec.inputs is not None else None
-        yield {"job_id": job_id, "chunk": chunk.model_dump(), "spec": spec, "source": plan.source.model_dump(),
-               "output_dir": str(plan.output_dir), "inputs": inline, "sent_at": time.time()}
-
-
-def check_model(model: str, roots: Sequence[Path], what: str = "model") -> None:
-    """A local model path must exist and lie inside ``roots``; anything else must be a well-formed Hub model id.
-
-    ``what="adapter"`` checks a PEFT adapter the same way; a local adapter folder must hold ``adapter_config.json``.
-    """
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-    path = Path(model).expanduser()
-    if path.exists():
-        paths.check_readable(model, roots, f"{what} folder")
-        if not path.is_dir():
-            raise SourceNotFoundError(f"{what} path {model!r} is a file; give the {what}'s folder", value=model)
-        if what == "adapter" and not (path / "adapter_config.json").is_file():
-            raise SourceNotFoundError(f"adapter folder {model!r} holds no adapter_config.json: give a folder written "
-                                      "by a PEFT model's save_pretrained", value=model)
-        return
-    if model.startswith((".", "/", "~")) or model.count("/") > 1:
-        raise SourceNotFoundError(f"{what} path {model!r} does not exist", value=model)
-    try:
-        validate_repo_id(model)
-    except HFValidationError as exc:
-        raise InvalidSpecError(f"{what} {model!r} is neither a local folder nor a Hub {what} id: {exc}",
-                               value=model) from None
+        yield ChunkMessage(job_id=job_id, chunk=chunk, spec=spec, source=plan.source, output_dir=str(plan.output_dir),
+                           inputs=inline, sent_at=time.time())

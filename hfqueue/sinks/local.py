@@ -14,14 +14,13 @@ that runs twice leaves one complete part and a reader never sees half a file.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from hfqueue.core.files import atomic_open, atomic_path
 from hfqueue.core.paths import check_output_dir
 
 ROW_INDEX = "row_idx"
@@ -73,19 +72,11 @@ def write_error_part(out_dir: Path, index: int, table: pa.Table) -> Path:
 
 
 def _write_atomic(final: Path, table: pa.Table) -> Path:
-    out_dir = final.parent
-    out_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{final.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(final) as tmp:
         # Dictionary-encode text only: on float columns (embeddings, scores) it costs 5x the write time
         # for a larger file (measured on 1,000 MiniLM embeddings: 19 ms and 2.2 MB against 4 ms and 1.6 MB).
         text = [f.name for f in table.schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
-        pq.write_table(table, tmp, use_dictionary=text)
-        os.replace(tmp, final)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        pq.write_table(table, str(tmp), use_dictionary=text)
     return final
 
 
@@ -133,21 +124,15 @@ def error_files(out_dir: Path) -> list[Path]:
 
 def write_manifest(out_dir: Path, manifest: dict[str, Any]) -> None:
     """Write ``manifest.json`` atomically."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".manifest.", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
+    with atomic_open(out_dir / MANIFEST) as fh:
         json.dump(manifest, fh, indent=2, sort_keys=True)
-    os.replace(tmp, out_dir / MANIFEST)
 
 
 def write_inputs(out_dir: Path, rows: list[Any]) -> Path:
     """Keep a job's inline rows in its folder, one JSON value per line, written atomically."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".inputs.", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
+    with atomic_open(out_dir / INPUTS) as fh:
         for row in rows:
             fh.write(json.dumps(row) + "\n")
-    os.replace(tmp, out_dir / INPUTS)
     return out_dir / INPUTS
 
 

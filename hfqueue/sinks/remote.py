@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
+from pathlib import Path
 
 from hfqueue.core.destinations import Destination
+from hfqueue.core.files import atomic_path
 from hfqueue.errors import PublishError
 from hfqueue.sinks.hub import Report
 from hfqueue.sinks.retry import retry, short
@@ -61,8 +64,7 @@ def _put(fs: object, local: str, target: str, is_local: bool) -> None:
     fs.makedirs(parent, exist_ok=True)  # type: ignore[attr-defined]
     if is_local:
         # A reader of a local folder must never see half a file: copy beside it, then rename.
-        tmp = f"{parent}/.{target.rsplit('/', 1)[1]}.tmp"
-        fs.put_file(local, tmp)  # type: ignore[attr-defined]
-        os.replace(tmp, target)
+        with atomic_path(Path(target)) as tmp:
+            shutil.copyfile(local, tmp)
         return
     fs.put_file(local, target)  # type: ignore[attr-defined]

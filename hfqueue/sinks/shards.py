@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from hfqueue.core.files import atomic_path, atomic_text
 from hfqueue.sinks.local import error_files, part_files
 
 STAGING = ".publish"
@@ -42,9 +42,8 @@ def build(out_dir: Path, shard_bytes: int) -> list[Shard]:
                 for s in json.loads(layout.read_text())]
     shards = _write(part_files(out_dir), staging, "data", shard_bytes) + \
         _write(error_files(out_dir), staging, "errors", shard_bytes)
-    tmp = layout.with_name(f".{_LAYOUT}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps([{"path_in_repo": s.path_in_repo, "size": s.size, "sha256": s.sha256} for s in shards]))
-    os.replace(tmp, layout)
+    atomic_text(layout, json.dumps([{"path_in_repo": s.path_in_repo, "size": s.size, "sha256": s.sha256}
+                                    for s in shards]))
     return shards
 
 
@@ -62,14 +61,12 @@ def _write(parts: list[Path], staging: Path, folder: str, shard_bytes: int) -> l
     for i, group in enumerate(groups):
         name = f"{folder}/train-{i:05d}-of-{len(groups):05d}.parquet"
         target = staging / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")  # two publishers of one job may build at once
         schema = pq.read_schema(group[0])
-        with pq.ParquetWriter(tmp, schema) as writer:
+        # A temporary name of its own: two publishers of one job may build at once.
+        with atomic_path(target) as tmp, pq.ParquetWriter(str(tmp), schema) as writer:
             for part in group:
                 # Parts of one job share a schema; cast anyway so a column typed null in one part cannot break it.
                 writer.write_table(pq.read_table(part).cast(schema))
-        os.replace(tmp, target)
         shards.append(Shard(name, target, target.stat().st_size, sha256(target)))
     return shards
 

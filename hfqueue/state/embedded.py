@@ -29,19 +29,10 @@ from typing import Any
 
 import redis
 
+from hfqueue.core.files import atomic_text
 from hfqueue.errors import BrokerUnavailableError
-from hfqueue.state.redis_server import (
-    HOST,
-    POLL_S,
-    RedisServer,
-    connect,
-    find_redis_server,
-    free_port,
-    pid_alive,
-    server_args,
-    server_pid,
-    tail,
-)
+from hfqueue.state.redis_server import (HOST, POLL_S, RedisServer, connect, find_redis_server, free_port, pid_alive,
+                                        server_args, server_pid, tail)
 
 __all__ = ["RedisServer", "ensure_running", "find_redis_server", "free_port", "revive", "running", "running_url",
            "stop_embedded", "stopped_by_operator"]
@@ -79,10 +70,7 @@ def _read_state(redis_dir: Path) -> dict[str, Any] | None:
 
 
 def _write_state(redis_dir: Path, state: dict[str, Any]) -> None:
-    # tmp + replace: a reader in another process never sees half a file
-    tmp = redis_dir / f"server.json.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(state))
-    os.replace(tmp, redis_dir / "server.json")
+    atomic_text(redis_dir / "server.json", json.dumps(state))  # a reader in another process never sees half of it
 
 
 def _serving(state: dict[str, Any]) -> bool:

@@ -40,19 +40,19 @@ class WorkerInfo(BaseModel):
 
 
 def this_process(name: str, queue: str, device: str, started_at: float, metrics_url: str | None,
-                 models: list[dict[str, Any]], devices: list[str] | None = None) -> WorkerInfo:
-    """The record of the calling process, with its memory measured now. ``devices``: where the resident models'
-    weights lie (default: ``device``)."""
-    from hfqueue.monitoring.metrics import gpu_memory
-
+                 models: list[dict[str, Any]], devices: list[str] | None = None, *,
+                 gpu: list[dict[str, Any]] | None = None) -> WorkerInfo:
+    """The record of the calling process, with its resident memory measured now. ``devices``: where the resident
+    models' weights lie (default: ``device``); ``gpu``: its devices' memory, measured by the caller (which knows
+    whether it has touched CUDA)."""
     return WorkerInfo(name=name, host=socket.gethostname(), pid=os.getpid(), queue=queue, device=device,
-                      devices=devices or [device], models=models, rss_bytes=_rss_bytes(),
-                      gpu=gpu_memory() if device.startswith("cuda") else [], metrics_url=metrics_url,
-                      started_at=started_at, seen_at=time.time())
+                      devices=devices or [device], models=models, rss_bytes=_rss_bytes(), gpu=gpu or [],
+                      metrics_url=metrics_url, started_at=started_at, seen_at=time.time())
 
 
-def publish(r: redis.Redis, info: WorkerInfo, *, keep: int) -> None:
-    """Write ``info`` for the next PRESENCE_TTL seconds; drop index entries of workers that stopped."""
+def report(r: redis.Redis, info: WorkerInfo, *, keep: int) -> None:
+    """Write ``info`` for the next PRESENCE_TTL seconds (a serving process's heartbeat); drop index entries of
+    workers that stopped."""
     now = time.time()
     with r.pipeline() as p:
         p.set(Keys.worker(info.name), info.model_dump_json(), ex=PRESENCE_TTL)
@@ -80,7 +80,7 @@ def _rss_bytes() -> int | None:
 
 def health(settings: Settings, *, worker: bool, timeout: float) -> tuple[bool, str]:
     """Whether Redis answers within ``timeout`` seconds (and, with ``worker``, a serving process of this host has
-    published its record), with the reason. Never starts the embedded redis-server."""
+    reported its record), with the reason. Never starts the embedded redis-server."""
     from hfqueue.state.embedded import running_url
     from hfqueue.state.redis_server import address
 

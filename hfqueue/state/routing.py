@@ -62,8 +62,9 @@ def holders(r: redis.Redis, queue: str, spec: JobSpec) -> list[str]:
         (m["task"], m["model"], m["revision"], m["quantization"]) == wanted for m in w.models)]
 
 
-def announce(r: redis.Redis, queue: str, node: str, *, keep: int) -> None:
-    """Record that ``node`` has queues of its own (from its heartbeat), so they are swept should it die."""
+def register_queues(r: redis.Redis, queue: str, node: str, *, keep: int) -> None:
+    """Record that ``node`` has queues of its own and is alive now (from its heartbeat), so they are swept
+    should it die."""
     with r.pipeline() as p:
         p.zadd(Keys.affinity(queue), {node: time.time()})
         p.expire(Keys.affinity(queue), keep)

@@ -123,7 +123,7 @@ class TaskAdapter:
         """Why the job's ``options`` cannot run on this model (whose ``config.json`` is ``config``), or None."""
         return None
 
-    def check_model(self, model: str, revision: str | None, options: dict[str, Any]) -> str | None:
+    def model_problem(self, model: str, revision: str | None, options: dict[str, Any]) -> str | None:
         """The problem with the model (and the job's options on it) for this task when its config can be read
         now, else None."""
         config = read_config(model, revision)

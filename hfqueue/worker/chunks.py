@@ -20,9 +20,10 @@ from typing import Any
 import pyarrow as pa
 
 from hfqueue import tasks
-from hfqueue.core.jobs import Chunk, JobSpec, JobState, Source
+from hfqueue.core.jobs import Chunk, JobSpec, Source
+from hfqueue.core.messages import ChunkMessage, LaneEntry
 from hfqueue.errors import HfqError
-from hfqueue.lifecycle.manifest import finalize, sync_manifest
+from hfqueue.lifecycle import jobs as lifecycle
 from hfqueue.sinks.local import ROW_INDEX, chunk_on_disk, error_table, write_error_part, write_part
 from hfqueue.tasks.base import LoadedModel
 from hfqueue.worker.context import WorkerContext
@@ -57,7 +58,7 @@ def begin(ctx: WorkerContext, job_id: str, chunk: Chunk, out_dir: Path, worker: 
                             rows_truncated=on_disk.rows_truncated, info={"state": "done", "redelivered": True},
                             failed=on_disk.failed_whole)
     attempt = ctx.store.chunk_started(job_id, chunk.index, worker)
-    ctx.store.transition(job_id, JobState.RUNNING, allowed_from=(JobState.QUEUED.value,), time_field="started_at")
+    lifecycle.start(ctx.store, job_id)
     if attempt > ctx.settings.max_attempts:
         return None, fail(ctx, job_id, chunk, ("WorkerLost", f"chunk gave up after {attempt - 1} attempts: each "
                                                              "ended with its process killed (a crash, the system's "
@@ -123,12 +124,10 @@ def _echo(values: list[Any], as_json: bool) -> pa.Array | None:
     return None
 
 
-def waited(ctx: WorkerContext, message: dict[str, Any], route: str) -> None:
-    """Tell the hooks how long the chunk or lane entry waited between its sending and now."""
-    spec = message.get("spec") or {}
-    if "sent_at" in message:
-        ctx.hooks.queue_wait(str(spec.get("task")), str(spec.get("model")), route=route,
-                             seconds=time.time() - float(message["sent_at"]))
+def waited(ctx: WorkerContext, message: ChunkMessage | LaneEntry, route: str) -> None:
+    """Tell the hooks how long a chunk message or lane entry waited between its sending and now."""
+    ctx.hooks.queue_wait(str(message.spec.get("task")), str(message.spec.get("model")), route=route,
+                         seconds=time.time() - message.sent_at)
 
 
 def observe(ctx: WorkerContext, spec: dict[str, Any], outcome: dict[str, Any]) -> None:
@@ -144,8 +143,7 @@ def fail_job(ctx: WorkerContext, job_id: str, exc: HfqError) -> dict[str, Any]:
     """Every chunk of the job would fail the same way (the model does not load or fit, a path is refused):
     fail the job now."""
     logger.error("job %s failed: %s", job_id, exc)
-    if ctx.store.transition(job_id, JobState.FAILED, time_field="finished_at", error=str(exc)):
-        sync_manifest(ctx.store, job_id)
+    lifecycle.fail(ctx.store, job_id, str(exc), ctx.hooks)
     return {"failed": str(exc)}
 
 
@@ -184,17 +182,7 @@ def _claimed(ctx: WorkerContext, job_id: str, chunk: Chunk) -> Iterator[bool]:
 
 def finish(ctx: WorkerContext, job_id: str, chunk: Chunk, *, rows_ok: int, info: dict[str, Any],
            rows_failed: int = 0, rows_truncated: int = 0, failed: bool = False) -> dict[str, Any]:
-    """Count the chunk once; the last chunk of the job finalizes it."""
-    finished = ctx.store.chunk_finished(job_id, chunk.index, rows_ok=rows_ok, rows_failed=rows_failed,
-                                        rows_truncated=rows_truncated, info=info, failed=failed)
-    if finished >= 0:
-        record = ctx.store.get(job_id)
-        if finished == int(record["chunks_total"]):
-            finalize(ctx.store, job_id, ctx.settings)
-        if record["state"] == JobState.CANCELLED.value:
-            sync_manifest(ctx.store, job_id)  # a chunk that outran the cancel: the manifest counts its rows too
-    elif finished == -1 and ctx.store.state(job_id) == JobState.FINALIZING:
-        # The delivery that counted the last chunk died while publishing (its message was never acknowledged):
-        # publish again; the upload resumes where it stopped.
-        finalize(ctx.store, job_id, ctx.settings)
+    """Count the chunk once (the last chunk of the job finalizes it); the chunk's outcome."""
+    lifecycle.count_chunk(ctx.store, job_id, chunk.index, ctx.settings, ctx.hooks, rows_ok=rows_ok,
+                          rows_failed=rows_failed, rows_truncated=rows_truncated, info=info, failed=failed)
     return {"chunk": chunk.index, "rows": rows_ok, "rows_failed": rows_failed, **info}

@@ -1,4 +1,4 @@
-"""What a model-serving process holds: settings, the job store, resident models, token budgets, one lock.
+"""What a model-serving process holds: settings, Redis and the job store, resident models, token budgets, one lock.
 
 Chunk tasks (Celery) and the request lane (a thread) share one context per serving process, so a
 model is loaded once and both take turns on it batch by batch.
@@ -11,6 +11,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from redis import Redis
 
 from hfqueue import tasks
 from hfqueue.core import paths
@@ -46,6 +48,7 @@ class WorkerContext:
     """Per-process state of a worker's serving process."""
 
     settings: Settings
+    redis: Redis  # the lane, presence, routing and replies; the job store is built on this same client
     store: JobStore
     models: ModelCache
     # (job, model, device) -> token budget, shrunk by out-of-memory errors for the rest of the job.
@@ -54,7 +57,7 @@ class WorkerContext:
     lock: threading.Lock = field(default_factory=threading.Lock)
     hooks: Hooks = field(default_factory=Hooks)  # observers of batches, loads and outcomes (metrics)
     worker: str = "?"  # the Celery node name of this worker
-    metrics_url: str | None = None  # where this process serves Prometheus metrics, once it does
+    metrics_url: str | None = None  # what the hooks serve from this process (metrics), once they do
 
     def model(self, adapter: tasks.TaskAdapter, spec: JobSpec, device: str) -> LoadedModel:
         """The spec's model for ``adapter`` from the cache (loaded on a miss), with the spec's PEFT adapter applied,
@@ -67,7 +70,7 @@ class WorkerContext:
         for name, what in ((str(spec.model), "model"), (spec.adapter, "adapter")):
             try:
                 if name is not None:
-                    paths.check_model(name, self.settings.input_roots, what=f"{what} folder")
+                    paths.check_model_path(name, self.settings.input_roots, what=what)
             except InvalidSpecError as exc:
                 raise ModelLoadError(f"this worker refuses the {what}: {exc}", value=name) from None
         with self.lock:

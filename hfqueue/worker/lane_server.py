@@ -27,12 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 
-from hfqueue.core.jobs import Chunk, Source
+from hfqueue.core.messages import ChunkMessage, InferReply, LaneEntry
 from hfqueue.errors import ModelLoadError
-from hfqueue.state import presence, routing
-from hfqueue.state.keys import Keys
-from hfqueue.state.lane import HEARTBEAT_EVERY, SWEEP_EVERY, Lane
+from hfqueue.state.lane import SWEEP_EVERY, Lane, send_reply
 from hfqueue.worker import chunks, guard
 from hfqueue.worker.batching import gather
 from hfqueue.worker.context import WorkerContext, warm_imports
@@ -42,51 +41,27 @@ from hfqueue.worker.runner import RowResults
 
 logger = logging.getLogger(__name__)
 
-REPLY_TTL = 60  # seconds a reply waits for a caller that gave up
-
 
 @dataclass
 class Entry:
-    """One lane entry: its raw JSON (the key to ack it by) and what it says."""
+    """One lane entry as taken: its raw JSON (the key to ack it by), what it says, and, for a small job, which
+    delivery of its chunk this is."""
 
     raw: str
-    body: dict[str, Any]
+    body: LaneEntry
+    attempt: int | None = None
 
     @property
     def rows(self) -> int:
-        return len(self.body["inputs"])
+        """Number of rows the entry carries."""
+        return self.body.rows
 
 
-def start(ctx: WorkerContext) -> Lane:
-    """Start the heartbeat and serving threads of this process's end of the lane (daemon threads)."""
-    lane = Lane(ctx.store.r, ctx.settings.queue, keep=ctx.settings.job_ttl)
-    lane.heartbeat()
-    threading.Thread(target=_beat_forever, args=(ctx, lane), name="hfq-heartbeat", daemon=True).start()
-    threading.Thread(target=serve_forever, args=(ctx, lane), name="hfq-requests", daemon=True).start()
-    return lane
-
-
-def _beat_forever(ctx: WorkerContext, lane: Lane) -> None:
-    # Its own thread: the serving thread may wait minutes for the model lock behind a long batch. Each beat
-    # also says what this process holds, for `hfq workers`.
-    device, started = resolve_device(ctx.settings.device), time.time()
-    outage = Outage(logger, "heartbeat")
-    while True:
-        try:
-            lane.heartbeat()
-            info = presence.this_process(ctx.worker, ctx.settings.queue, device, started, ctx.metrics_url,
-                                         ctx.models.resident(), ctx.models.devices())
-            presence.publish(ctx.store.r, info, keep=ctx.settings.job_ttl)
-            routing.announce(ctx.store.r, ctx.settings.queue, ctx.worker, keep=ctx.settings.job_ttl)
-            moved = routing.sweep(ctx.store.r, ctx.settings.queue,
-                                  redelivery_window=1.2 * ctx.settings.visibility_timeout + 60)
-            if moved:
-                logger.warning("moved %d chunks queued for workers that stopped onto the shared queues", moved)
-            outage.ok()
-        except Exception as exc:  # noqa: BLE001 - Redis may be restarting; the next beat retries
-            if not outage.failed(exc):
-                logger.warning("request lane heartbeat failed", exc_info=True)
-        time.sleep(HEARTBEAT_EVERY)
+def start(ctx: WorkerContext, lane: Lane) -> threading.Thread:
+    """Serve ``lane`` from a daemon thread of this process (its heartbeat is :mod:`hfqueue.worker.heartbeat`)."""
+    thread = threading.Thread(target=serve_forever, args=(ctx, lane), name="hfq-requests", daemon=True)
+    thread.start()
+    return thread
 
 
 def serve_forever(ctx: WorkerContext, lane: Lane) -> None:
@@ -102,12 +77,12 @@ def serve_forever(ctx: WorkerContext, lane: Lane) -> None:
                 next_sweep = time.monotonic() + SWEEP_EVERY
             raw = lane.pop(timeout=1)
             outage.ok()
-            if raw is None:
+            first = None if raw is None else _parsed(lane, raw)
+            if first is None:
                 continue
-            first = Entry(raw, json.loads(raw))
             entries = [first]
             if settings.coalesce_requests:
-                entries = gather(first, lambda: _entry(lane.take()), lambda e: e.rows,
+                entries = gather(first, lambda: _take(lane), lambda e: e.rows,
                                  max_rows=settings.max_batch_size, max_wait_s=settings.max_wait_ms / 1000)
             for group in _groups(entries).values():
                 _serve(ctx, lane, device, group)
@@ -117,15 +92,32 @@ def serve_forever(ctx: WorkerContext, lane: Lane) -> None:
             time.sleep(0.5)
 
 
-def _entry(raw: str | None) -> Entry | None:
-    return None if raw is None else Entry(raw, json.loads(raw))
+def _parsed(lane: Lane, raw: str) -> Entry | None:
+    """The entry ``raw`` says, or None for one that does not validate: it cannot name its job or caller reliably,
+    so it is logged and dropped (an infer caller times out)."""
+    try:
+        return Entry(raw, LaneEntry.model_validate_json(raw))
+    except ValidationError as exc:
+        logger.error("dropped a request-lane entry that does not validate (forged or malformed): %s",
+                     guard.invalid(exc))
+        lane.ack(raw)
+        return None
+
+
+def _take(lane: Lane) -> Entry | None:
+    """The next waiting entry that validates (others are dropped), or None at once when none is waiting."""
+    while (raw := lane.take()) is not None:
+        entry = _parsed(lane, raw)
+        if entry is not None:
+            return entry
+    return None
 
 
 def _groups(entries: list[Entry]) -> dict[str, list[Entry]]:
     """Entries that can share a forward pass: the same task, model, load options and options."""
     groups: dict[str, list[Entry]] = defaultdict(list)
     for entry in entries:
-        groups[json.dumps(entry.body["spec"], sort_keys=True)].append(entry)
+        groups[json.dumps(entry.body.spec, sort_keys=True)].append(entry)
     return groups
 
 
@@ -136,11 +128,11 @@ def _serve(ctx: WorkerContext, lane: Lane, device: str, group: list[Entry]) -> N
         return
     for entry in live:
         chunks.waited(ctx, entry.body, "lane")
-    rows = [row for e in live for row in e.body["inputs"]]
+    rows = [row for e in live for row in e.body.inputs]
     warm_imports()
     started = time.perf_counter()
     try:
-        spec = chunks.spec_from_wire(live[0].body["spec"])
+        spec = chunks.spec_from_wire(live[0].body.spec)
         loaded, results = ctx.run(spec, rows, device, max_batch_tokens=ctx.settings.request_tokens(device))
     except Exception as exc:  # noqa: BLE001 - the whole group failed: every entry hears why
         for entry in live:
@@ -154,9 +146,9 @@ def _serve(ctx: WorkerContext, lane: Lane, device: str, group: list[Entry]) -> N
                           {i - start: e for i, e in results.errors.items() if start <= i < start + n},
                           {i - start for i in results.truncated if start <= i < start + n})
         info = {"seconds": round(seconds, 4), "batched_with": len(live), "worker": lane.consumer}
-        if "job" in entry.body:
-            chunks.record_model(ctx, entry.body["job"]["job_id"], spec, loaded)
-            _complete_job(ctx, entry, part, info)
+        if entry.body.job is not None:
+            chunks.record_model(ctx, entry.body.job.job_id, spec, loaded)
+            _complete_job(ctx, entry, entry.body.job, part, info)
         else:
             _reply(ctx, entry, part.outputs, part.errors, info)
         lane.ack(entry.raw)
@@ -165,54 +157,46 @@ def _serve(ctx: WorkerContext, lane: Lane, device: str, group: list[Entry]) -> N
 
 def _admit(ctx: WorkerContext, lane: Lane, entry: Entry) -> bool:
     """Whether an entry still needs running; one that does not is acked here."""
-    body = entry.body
-    if "job" in body:
-        job = body["job"]
-        attempt, outcome = None, guard.refuse(ctx, job)
+    job = entry.body.job
+    if job is not None:
+        outcome = guard.refuse(ctx, job)
         if outcome is None:
-            attempt, outcome = chunks.begin(ctx, job["job_id"], Chunk(**job["chunk"]), Path(job["output_dir"]),
-                                            lane.consumer)
+            entry.attempt, outcome = chunks.begin(ctx, job.job_id, job.chunk, Path(job.output_dir), lane.consumer)
         if outcome is not None:
-            chunks.observe(ctx, job["spec"], outcome)
-        body["attempt"] = attempt
+            chunks.observe(ctx, job.spec, outcome)
         run = outcome is None
     else:  # an infer request whose caller has given up is not worth running
-        run = time.time() < body.get("expires_at", float("inf"))
+        expires_at = entry.body.expires_at
+        run = expires_at is None or time.time() < expires_at
     if not run:
         lane.ack(entry.raw)
     return run
 
 
-def _complete_job(ctx: WorkerContext, entry: Entry, results: RowResults, info: dict[str, Any]) -> None:
-    job = entry.body["job"]
-    outcome = chunks.complete(ctx, job["job_id"], chunks.spec_from_wire(job["spec"]), Source(**job["source"]),
-                              Chunk(**job["chunk"]), entry.body["inputs"], results, Path(job["output_dir"]),
-                              {**info, "attempt": entry.body.get("attempt")})
-    chunks.observe(ctx, job["spec"], outcome)
+def _complete_job(ctx: WorkerContext, entry: Entry, job: ChunkMessage, results: RowResults,
+                  info: dict[str, Any]) -> None:
+    outcome = chunks.complete(ctx, job.job_id, chunks.spec_from_wire(job.spec), job.source, job.chunk,
+                              entry.body.inputs, results, Path(job.output_dir), {**info, "attempt": entry.attempt})
+    chunks.observe(ctx, job.spec, outcome)
 
 
 def _fail_entry(ctx: WorkerContext, entry: Entry, exc: Exception) -> None:
-    if "job" not in entry.body:
+    job = entry.body.job
+    if job is None:
         errors = {i: (type(exc).__name__, str(exc)) for i in range(entry.rows)}
         _reply(ctx, entry, [None] * entry.rows, errors, {})
         return
-    job = entry.body["job"]
     if isinstance(exc, ModelLoadError):
-        outcome = chunks.fail_job(ctx, job["job_id"], exc)
+        outcome = chunks.fail_job(ctx, job.job_id, exc)
     else:
-        outcome = chunks.fail(ctx, job["job_id"], Chunk(**job["chunk"]), (type(exc).__name__, str(exc)),
-                              Path(job["output_dir"]))
-    chunks.observe(ctx, job["spec"], outcome)
+        outcome = chunks.fail(ctx, job.job_id, job.chunk, (type(exc).__name__, str(exc)), Path(job.output_dir))
+    chunks.observe(ctx, job.spec, outcome)
 
 
 def _reply(ctx: WorkerContext, entry: Entry, outputs: list[Any], errors: dict[int, tuple[str, str]],
            info: dict[str, Any]) -> None:
-    reply = {"outputs": [_plain(o) for o in outputs], "errors": {str(i): list(e) for i, e in errors.items()}, **info}
-    key = Keys.reply(entry.body["id"])
-    with ctx.store.r.pipeline() as pipe:
-        pipe.rpush(key, json.dumps(reply))
-        pipe.expire(key, REPLY_TTL)
-        pipe.execute()
+    reply = InferReply(outputs=[_plain(o) for o in outputs], errors=errors, **info)
+    send_reply(ctx.redis, entry.body.id, reply)
 
 
 def _plain(value: Any) -> Any:

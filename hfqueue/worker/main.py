@@ -5,20 +5,27 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from collections.abc import Callable
 
 from celery.signals import worker_shutdown
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from hfqueue.core.config import Settings
+from hfqueue.core.hooks import Hooks
 from hfqueue.state.broker import broker_url, make_celery
 from hfqueue.state.routing import consumed_queues
 
 logger = logging.getLogger(__name__)
 
-def run_worker(settings: Settings, *, name: str | None = None, loglevel: str | None = None) -> None:
+
+def run_worker(settings: Settings, *, hooks: Callable[[str, str], Hooks] | None = None, name: str | None = None,
+               loglevel: str | None = None) -> None:
     """Serve chunk tasks in this process until stopped (``hfq worker``), once Redis answers and passes the
     start-up checks (:mod:`hfqueue.worker.preflight`).
+
+    ``hooks(node, device)`` builds the hooks of the serving process (metrics, OpenAI batches: chosen by the
+    caller, ``hfq``); it is called in the serving child, which may touch CUDA, never here. None: no hooks.
 
     One prefork child serves models: the hard time limit stays enforceable and a child that dies hands
     its chunk back, while the parent never touches CUDA.
@@ -31,7 +38,7 @@ def run_worker(settings: Settings, *, name: str | None = None, loglevel: str | N
     preflight(settings, url)
     app = make_celery(settings, url)
     node = name or f"hfq-{os.getpid()}@{socket.gethostname()}"
-    tasks.register(app, settings, url, node)
+    tasks.register(app, settings, url, node, hooks)
     worker_shutdown.connect(lambda **_: _hand_back(settings, url, node), weak=False)
     QuietRetries().install()  # one line per broker outage, not one per retry
     app.worker_main([

@@ -47,7 +47,7 @@ def write_rows(path: Path, rows: list[str]) -> Path:
 
 def queued_messages(client: Client) -> list[dict[str, Any]]:
     """The Celery messages waiting on the client's queue, as stored in Redis (envelope, headers, body)."""
-    return [json.loads(raw) for raw in client.store.r.lrange(client.settings.queue, 0, -1)]
+    return [json.loads(raw) for raw in client.redis.lrange(client.settings.queue, 0, -1)]
 
 
 def chunk_message(envelope: dict[str, Any]) -> dict[str, Any]:
@@ -91,7 +91,7 @@ def test_a_pickled_message_is_refused_and_the_worker_keeps_serving(client: Clien
     refusals = worker.log.read_text().count("untrusted content of type pickle")
 
     # when it is sent pickled to the queue the worker serves
-    client._celery.send_task(CHUNK_TASK, args=[message], queue=client.settings.queue, serializer="pickle")
+    client.celery.send_task(CHUNK_TASK, args=[message], queue=client.settings.queue, serializer="pickle")
 
     # then the worker refuses to decode it and logs why; the chunk never started
     wait_for(lambda: worker.log.read_text().count("untrusted content of type pickle") > refusals, 30,
@@ -105,11 +105,11 @@ def test_a_pickled_message_is_refused_and_the_worker_keeps_serving(client: Clien
 
 def test_workers_and_producers_accept_json_only(client: Client, worker: WorkerProcess) -> None:
     # given the running worker's configuration, as `celery inspect conf` (and Flower) read it
-    confs = client._celery.control.inspect(timeout=10, limit=1).conf() or {}
+    confs = client.celery.control.inspect(timeout=10, limit=1).conf() or {}
     assert confs, "no worker answered"
 
     # then tasks and results are JSON in and out, on the worker and in this producer
-    for conf in [*confs.values(), dict(client._celery.conf)]:
+    for conf in [*confs.values(), dict(client.celery.conf)]:
         assert conf["accept_content"] == ["json"] and conf["result_accept_content"] == ["json"]
         assert conf["task_serializer"] == "json" and conf["result_serializer"] == "json"
 
@@ -191,7 +191,7 @@ def test_a_path_outside_the_roots_is_refused_at_submit(rooted: tuple[Client, Pat
     assert ("HFQ_OUTPUT_ROOT" if field == "output_dir" else "HFQ_INPUT_ROOTS") in str(caught.value)
 
     # and nothing was recorded, enqueued or written
-    assert client.store.job_ids(10_000) == jobs_before and client.store.r.llen(client.settings.queue) == 0
+    assert client.store.job_ids(10_000) == jobs_before and client.redis.llen(client.settings.queue) == 0
     assert not list(root.rglob("manifest.json")) and not any((root / "outside" / "results").iterdir())
 
 
@@ -240,13 +240,13 @@ def test_a_forged_message_outside_the_workers_roots_fails_its_job_and_touches_no
         FORGERIES[forged](message, outside)
 
         # when the forged message is sent, as JSON, to the queue the session's worker serves
-        client._celery.send_task(CHUNK_TASK, args=[message], queue=client.settings.queue)
+        client.celery.send_task(CHUNK_TASK, args=[message], queue=client.settings.queue)
     else:
         job = idle_client.submit(task="feature-extraction", model=str(encoder), inputs=texts[:16])
-        entry = json.loads(idle_client.store.r.lpop(Keys.requests(idle_client.settings.queue)))
+        entry = json.loads(idle_client.redis.lpop(Keys.requests(idle_client.settings.queue)))
         # the lane runs the model of the entry's own spec; the job's copy only shapes the results
         FORGERIES[forged]({"spec": entry["spec"]} if forged == "model folder" else entry["job"], outside)
-        client.store.r.rpush(Keys.requests(client.settings.queue), json.dumps(entry))
+        client.redis.rpush(Keys.requests(client.settings.queue), json.dumps(entry))
 
     # then the job fails with a reason naming the refused path, and nothing appears outside
     with pytest.raises(JobFailedError, match=f"{forged} .*outside the (input|output) root"):
@@ -254,6 +254,46 @@ def test_a_forged_message_outside_the_workers_roots_fails_its_job_and_touches_no
     assert str(outside) in (job.status().error or "")
     assert sorted(p.name for p in outside.iterdir()) == ["model", "rows.jsonl"]
     assert not list(job.output_dir.glob("*.parquet")) and job.status().rows_done == 0
+
+
+MALFORMED: dict[str, Callable[[dict[str, Any]], None]] = {
+    "a field missing": lambda m: m.pop("output_dir"),
+    "a field it should not carry": lambda m: m.update(shell="rm -rf /"),
+}
+
+
+@pytest.mark.parametrize("carrier", ["chunk queue", "request lane"])
+@pytest.mark.parametrize("malformed", list(MALFORMED))
+def test_a_message_that_does_not_validate_is_refused_and_logged_and_touches_nothing(
+        client: Client, idle_client: Client, worker: WorkerProcess, encoder: Path, texts: list[str],
+        tmp_path: Path, carrier: str, malformed: str) -> None:
+    # given a real job queued where no worker serves, and its message altered so it no longer validates
+    refusals = worker.log.read_text().count("does not validate")
+    if carrier == "chunk queue":
+        job = idle_client.submit(task="feature-extraction", model=str(encoder),
+                                 dataset=str(write_rows(tmp_path / "rows.jsonl", texts[:16])))
+        message = chunk_message(queued_messages(idle_client)[0])
+        MALFORMED[malformed](message)
+
+        # when it is sent, as JSON, to the queue the session's worker serves
+        client.celery.send_task(CHUNK_TASK, args=[message], queue=client.settings.queue)
+    else:
+        job = idle_client.submit(task="feature-extraction", model=str(encoder), inputs=texts[:16])
+        entry = json.loads(idle_client.redis.lpop(Keys.requests(idle_client.settings.queue)))
+        MALFORMED[malformed](entry["job"])
+        client.redis.rpush(Keys.requests(client.settings.queue), json.dumps(entry))
+
+    # then the worker refuses it and logs why (it cannot name a job reliably, so no job is touched)
+    wait_for(lambda: worker.log.read_text().count("does not validate") > refusals, 30, "the worker to refuse it")
+    assert ("output_dir: Field required" if malformed == "a field missing" else
+            "shell: Extra inputs are not permitted") in worker.log.read_text()
+    if carrier == "request lane":  # dropped from the lane: nobody holds it
+        wait_for(lambda: not client.redis.llen(Keys.requests(client.settings.queue)), 10, "the lane to drain")
+    status = idle_client.job(job.id).status()
+    assert status.state == JobState.QUEUED and status.started_at is None and job.chunks() == {}
+    assert not list(job.output_dir.glob("*.parquet"))
+    # and the same worker still runs a job
+    assert client.submit(task="feature-extraction", model=str(encoder), inputs=texts[:3]).wait(30).rows_done == 3
 
 
 def test_infer_with_a_model_outside_the_roots_is_refused(client: Client, outside: Path) -> None:
@@ -293,8 +333,8 @@ def test_a_redis_password_works_and_never_leaks(settings: Settings, worker_facto
                 # when a job runs through the worker
                 job = client.submit(task="feature-extraction", model=str(encoder), dataset=str(rows))
                 status = job.wait(timeout=60)
-                stored = dump(client.store.r)
-                confs = json.dumps(client._celery.control.inspect(timeout=10, limit=1).conf())
+                stored = dump(client.redis)
+                confs = json.dumps(client.celery.control.inspect(timeout=10, limit=1).conf())
                 manifest = (job.output_dir / "manifest.json").read_text()
             cli = subprocess.run([sys.executable, "-m", "hfqueue", "status", job.id, "--json", "--chunks"],
                                  env=settings_env(own), capture_output=True, text=True, timeout=60)
@@ -365,7 +405,7 @@ OWNED = {
 def test_every_key_has_a_ttl_or_an_owner(client: Client, idle_client: Client, encoder: Path, texts: list[str],
                                          tmp_path: Path) -> None:
     # given a chunked job, a small job (request lane), an infer call and a cancelled job, all finished
-    r = client.store.r
+    r = client.redis
     client.submit(task="feature-extraction", model=str(encoder),
                   dataset=str(write_rows(tmp_path / "rows.jsonl", texts[:40]))).wait(timeout=30)
     client.submit(task="feature-extraction", model=str(encoder), inputs=texts[:3]).wait(timeout=30)

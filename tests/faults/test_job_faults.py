@@ -51,14 +51,14 @@ def test_every_chunk_delivered_twice_gives_each_row_once(
     settings = fault_settings(settings)
     with Client(settings) as client:
         job = submit(client, fault_model, sentences(64))
-        queued = client.store.r.lrange(settings.queue, 0, -1)
+        queued = client.redis.lrange(settings.queue, 0, -1)
         assert len(queued) == 4
-        client.store.r.rpush(settings.queue, *queued)
+        client.redis.rpush(settings.queue, *queued)
 
         # when a worker takes all eight deliveries
         worker_factory(settings)
         status = job.wait(timeout=120)
-        wait_for(lambda: client.store.r.llen(settings.queue) == 0, 60, "the second copies to be taken")
+        wait_for(lambda: client.redis.llen(settings.queue) == 0, 60, "the second copies to be taken")
 
         # then the job counted each chunk once and the results hold each row once
         assert status.state == JobState.COMPLETED and (status.rows_done, status.chunks_done) == (64, 4)
@@ -94,12 +94,12 @@ def test_cancel_mid_job_queued_chunks_never_run_and_the_running_one_stops(
         with pytest.raises(JobCancelledError):
             job.wait(timeout=30)
         # (the worker still takes the job's queued messages, and drops each)
-        wait_for(lambda: client.store.r.llen(fault_worker.queue) == 0 and not client.store.r.hlen("unacked"), 60,
+        wait_for(lambda: client.redis.llen(fault_worker.queue) == 0 and not client.redis.hlen("unacked"), 60,
                  "the queue to drain")
 
         # then chunks still queued at the cancel never started, no part appeared after it,
         # the finished parts are readable, and the record and the manifest count what is on disk
-        attempts = {k for k in client.store.r.hkeys(f"hfq:job:{job.id}:chunks") if k.startswith("attempts:")}
+        attempts = {k for k in client.redis.hkeys(f"hfq:job:{job.id}:chunks") if k.startswith("attempts:")}
         assert 2 <= len(attempts) <= 3, attempts
         status = job.status()
         rows_on_disk, errors = ledger(job.output_dir)

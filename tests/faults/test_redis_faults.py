@@ -73,7 +73,7 @@ def test_redis_flushed_mid_job_then_resume_sends_only_the_missing_chunks(
         status = resumed.wait(timeout=150)
         assert status.state == JobState.COMPLETED and status.rows_done == 96 and status.chunks_done == 6
         assert {p.name: p.stat().st_mtime_ns for p in part_files(out) if p.name in kept} == kept
-        assert sum(int(v) for k, v in client.store.r.hgetall(f"hfq:job:{job.id}:chunks").items()
+        assert sum(int(v) for k, v in client.redis.hgetall(f"hfq:job:{job.id}:chunks").items()
                    if k.startswith("attempts:")) == 6 - len(kept)
     assert_each_row_once(out, 96)
 

@@ -46,7 +46,7 @@ def test_sigkill_of_the_serving_process_mid_chunk_reruns_the_chunk(
         # then Celery starts a new child, the chunk runs again, and every row is in the results once
         status = job.wait(timeout=120)
         assert status.state == JobState.COMPLETED and status.rows_done == 64
-        assert max(int(v) for k, v in client.store.r.hgetall(f"hfq:job:{job.id}:chunks").items()
+        assert max(int(v) for k, v in client.redis.hgetall(f"hfq:job:{job.id}:chunks").items()
                    if k.startswith("attempts:")) == 2
         assert index is not None
     assert_each_row_once(status_dir(status), 64)
@@ -139,7 +139,7 @@ def test_a_frozen_worker_whose_chunk_outlives_the_visibility_timeout_duplicates_
         try:
             worker_factory(settings)
             # when the visibility timeout passes, Redis hands the frozen chunk to the second worker
-            wait_for(lambda: int(client.store.r.hget(f"hfq:job:{job.id}:chunks", f"attempts:{index}") or 0) >= 2,
+            wait_for(lambda: int(client.redis.hget(f"hfq:job:{job.id}:chunks", f"attempts:{index}") or 0) >= 2,
                      90, "the frozen chunk to be delivered again")
         finally:
             # and then the frozen worker wakes up and carries on

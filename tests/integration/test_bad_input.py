@@ -13,15 +13,8 @@ from typing import Any
 import datasets
 import pytest
 
-from hfqueue import (
-    Client,
-    InvalidSpecError,
-    JobCancelledError,
-    JobFailedError,
-    JobState,
-    SourceNotFoundError,
-    WaitTimeoutError,
-)
+from hfqueue import (Client, InvalidSpecError, JobCancelledError, JobFailedError, JobState, SourceNotFoundError,
+                     WaitTimeoutError)
 from hfqueue.sinks.local import part_files
 from tests.conftest import settings_env
 
@@ -64,7 +57,7 @@ def test_bad_spec_fails_at_submit_and_enqueues_nothing(idle_client: Client, enco
         idle_client.submit(**spec)
 
     # and nothing was enqueued, recorded or written
-    assert idle_client.store.r.llen(idle_client.settings.queue) == 0
+    assert idle_client.redis.llen(idle_client.settings.queue) == 0
     assert idle_client.store.job_ids(10_000) == jobs_before
     assert not (Path("/tmp/elsewhere").exists() or (idle_client.settings.output_root.parent / "escape").exists())
 

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from hfqueue import Client, HfqError, InvalidSpecError, JobSpec, WaitTimeoutError
+from hfqueue.core.jobs import model_fields
+from hfqueue.core.messages import LaneEntry
+from hfqueue.state import lane
 from hfqueue.state.keys import Keys
 
 pytestmark = pytest.mark.timeout(120)
@@ -65,7 +70,7 @@ def test_a_failing_row_is_named(client: Client, masked_lm: Path) -> None:
 def test_bad_input_is_refused_before_anything_is_sent(idle_client: Client, classifier: Path) -> None:
     with pytest.raises(InvalidSpecError, match="temperature only apply when sampling"):
         idle_client.infer("text-generation", ["hi"], str(classifier), options={"temperature": 0.5})
-    assert idle_client.store.r.llen(Keys.requests(idle_client.settings.queue)) == 0
+    assert idle_client.redis.llen(Keys.requests(idle_client.settings.queue)) == 0
 
 
 @pytest.mark.timeout(20)
@@ -73,26 +78,22 @@ def test_no_worker_means_a_timeout_and_the_request_is_taken_back(idle_client: Cl
     # given no worker on this queue, when infer waits 1 s, then it times out and leaves nothing queued
     with pytest.raises(WaitTimeoutError, match="no worker answered within 1"):
         idle_client.infer("text-classification", ["hi"], str(classifier), timeout=1)
-    assert idle_client.store.r.llen(Keys.requests(idle_client.settings.queue)) == 0
+    assert idle_client.redis.llen(Keys.requests(idle_client.settings.queue)) == 0
 
 
 def test_requests_that_differ_in_load_options_are_not_batched_together(client: Client, classifier: Path) -> None:
     # given two requests for the same model and options, one asking for trust_remote_code (refused by this
     # worker), pushed in one command so the worker gathers them together
-    import json
-    import secrets
-
     base = JobSpec(task="text-classification", model=str(classifier), inputs=["x"])
-    requests = []
-    for trust in (True, False):
-        spec = base.model_copy(update={"trust_remote_code": trust})
-        requests.append({"id": secrets.token_hex(8), "inputs": ["good"],
-                         "spec": spec.model_dump(mode="json", exclude={"inputs", "output_dir", "dataset"})})
-    client.store.r.rpush(Keys.requests(client.settings.queue), *(json.dumps(r) for r in requests))
+    requests = [LaneEntry(id=secrets.token_hex(8), inputs=["good"], sent_at=time.time(),
+                          spec=model_fields(base.model_copy(update={"trust_remote_code": trust})))
+                for trust in (True, False)]
+    client.redis.rpush(Keys.requests(client.settings.queue), *(r.model_dump_json() for r in requests))
 
     # when both are answered
-    refused, served = (json.loads(client.store.r.blpop([Keys.reply(r["id"])], timeout=30)[1]) for r in requests)
+    refused, served = (lane.wait_reply(client.redis, r.id, timeout=30) for r in requests)
 
     # then only the one that asked for remote code is refused
-    assert "trust_remote_code" in refused["errors"]["0"][1]
-    assert served["errors"] == {} and served["outputs"][0]["label"]
+    assert refused is not None and served is not None
+    assert "trust_remote_code" in refused.errors[0][1]
+    assert served.errors == {} and served.outputs[0]["label"]

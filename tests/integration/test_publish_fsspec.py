@@ -88,7 +88,7 @@ def test_a_rerun_copies_only_the_missing_shards(client: Client, settings: Settin
 def test_outputs_that_cannot_be_used_are_refused_at_submit(idle_client: Client, encoder: Path, output: str,
                                                            says: str) -> None:
     # given an output URL that is malformed, carries secrets, or lies outside what the settings allow
-    jobs_before = idle_client.store.r.zcard(Keys.jobs)
+    jobs_before = idle_client.redis.zcard(Keys.jobs)
 
     # when a job names it
     with pytest.raises(InvalidSpecError) as info:
@@ -97,4 +97,4 @@ def test_outputs_that_cannot_be_used_are_refused_at_submit(idle_client: Client, 
     # then it is refused before any job record is written, saying why, and never echoing a secret
     assert says in str(info.value)
     assert "hf_secret" not in str(info.value) and "secret@" not in str(info.value)
-    assert idle_client.store.r.zcard(Keys.jobs) == jobs_before
+    assert idle_client.redis.zcard(Keys.jobs) == jobs_before

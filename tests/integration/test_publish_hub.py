@@ -93,7 +93,7 @@ def test_the_token_never_leaves_the_workers_environment(client: Client, hub: Fak
     job.wait(timeout=90)
 
     # when everything the job left behind is read: Redis, its folder, the repo, the worker's log
-    redis_text = repr({k: _value(client, k) for k in client.store.r.scan_iter("*")})
+    redis_text = repr({k: _value(client, k) for k in client.redis.scan_iter("*")})
     folder_text = "".join(p.read_bytes().decode(errors="replace") for p in job.output_dir.rglob("*") if p.is_file())
     repo_text = "".join(b.decode(errors="replace") for b in hub.files("acme/token-check").values())
     log_text = hub_worker.log.read_text(errors="replace")
@@ -164,8 +164,8 @@ def test_a_branch_and_a_public_repo(client: Client, hub: FakeHub, encoder: Path,
 
 
 def _value(client: Client, key: str) -> object:
-    kind = client.store.r.type(key)
-    r = client.store.r
+    kind = client.redis.type(key)
+    r = client.redis
     return {"string": r.get, "hash": r.hgetall, "list": lambda k: r.lrange(k, 0, -1), "set": r.smembers,
             "zset": lambda k: r.zrange(k, 0, -1)}.get(kind, lambda k: None)(key)
 

@@ -201,7 +201,7 @@ def test_chunks_queued_for_a_worker_that_died_go_to_the_others(
         a.proc.kill()
         a.proc.wait()
         job = client.submit(task="feature-extraction", model=str(x), inputs=sentences(16), chunk_size=8)
-        routed = client.store.r.llen(worker_queue(mine.queue, "normal", holder.name))
+        routed = client.redis.llen(worker_queue(mine.queue, "normal", holder.name))
 
         # then its chunks, sent to A's own queue, are moved to the shared queue once A's heartbeat stops, and B
         # runs them

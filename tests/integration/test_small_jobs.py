@@ -32,14 +32,14 @@ def staged_entry(settings: Settings, **submit: object) -> tuple[str, str]:
     """Submit a small job on a queue no worker serves and take its lane entry back: (job id, raw entry)."""
     with Client(settings.model_copy(update={"queue": f"staging-{time.monotonic_ns()}"})) as c:
         job = c.submit(**submit)
-        raw = c.store.r.lpop(Keys.requests(c.settings.queue))
+        raw = c.redis.lpop(Keys.requests(c.settings.queue))
     assert raw is not None and json.loads(raw)["job"]["job_id"] == job.id
     return job.id, raw
 
 
 def wait_until_drained(client: Client, timeout: float = 30) -> None:
     """Until the lane is empty and no consumer holds an entry: every entry has been answered and acked."""
-    queue, r = client.settings.queue, client.store.r
+    queue, r = client.settings.queue, client.redis
     deadline = time.monotonic() + timeout
     while r.llen(Keys.requests(queue)) or any(r.llen(k) for k in r.scan_iter(Keys.processing(queue, "*"))):
         assert time.monotonic() < deadline, "the lane was not drained in time"
@@ -56,7 +56,7 @@ def test_small_jobs_and_infer_requests_share_one_forward_pass(settings: Settings
         caller = threading.Thread(target=lambda: answer.append(
             client.infer("feature-extraction", [texts[6]], str(encoder), timeout=90)))
         caller.start()
-        while client.store.r.llen(Keys.requests(own.queue)) < 7:
+        while client.redis.llen(Keys.requests(own.queue)) < 7:
             time.sleep(0.01)
 
         # when a worker starts on that queue
@@ -80,7 +80,7 @@ def test_an_entry_held_by_a_dead_consumer_is_swept_back_and_run(client: Client, 
     # given a small job whose lane entry sits on the processing list of a consumer with no heartbeat,
     # as if its process had been killed while holding it
     job_id, raw = staged_entry(client.settings, task="text-classification", model=str(classifier), inputs=texts[:3])
-    r, queue = client.store.r, client.settings.queue
+    r, queue = client.redis, client.settings.queue
     r.rpush(Keys.processing(queue, "dead-host:1"), raw)
     r.sadd(Keys.consumers(queue), "dead-host:1")
 
@@ -98,7 +98,7 @@ def test_an_entry_held_by_a_dead_consumer_is_swept_back_and_run(client: Client, 
 def test_an_entry_delivered_twice_gives_each_row_once(client: Client, encoder: Path, texts: list[str]) -> None:
     # given the same small-job entry pushed onto the lane twice
     job_id, raw = staged_entry(client.settings, task="feature-extraction", model=str(encoder), inputs=texts[:4])
-    client.store.r.rpush(Keys.requests(client.settings.queue), raw, raw)
+    client.redis.rpush(Keys.requests(client.settings.queue), raw, raw)
 
     # when the worker has served both copies
     job = client.job(job_id)
@@ -117,7 +117,7 @@ def test_a_cancelled_small_job_is_not_run(client: Client, encoder: Path, texts: 
     job.cancel()
 
     # when the worker takes its entry
-    client.store.r.rpush(Keys.requests(client.settings.queue), raw)
+    client.redis.rpush(Keys.requests(client.settings.queue), raw)
     wait_until_drained(client)
 
     # then nothing ran: no part, no rows, still cancelled
@@ -135,5 +135,5 @@ def test_a_big_or_dataset_job_still_goes_through_the_chunk_queue(idle_client: Cl
     idle_client.submit(task="feature-extraction", model=str(encoder), inputs=texts[:60])
 
     # then only the small one is on the lane; the other's chunks are Celery messages on the queue
-    assert idle_client.store.r.llen(lane) == 1
-    assert idle_client.store.r.llen(idle_client.settings.queue) == 4
+    assert idle_client.redis.llen(lane) == 1
+    assert idle_client.redis.llen(idle_client.settings.queue) == 4

@@ -23,7 +23,7 @@ def submit_fails(client: Client, error: type[Exception], message: str, **spec: A
     with pytest.raises(error, match=re.escape(message)):
         client.submit(**spec)
     assert client.store.job_ids(10_000) == before
-    assert client.store.r.llen(client.settings.queue) == 0
+    assert client.redis.llen(client.settings.queue) == 0
 
 
 def test_causal_lm_asked_to_summarize_is_refused_at_submit(idle_client: Client, causal_lm: Path) -> None:

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from hfqueue.cli.main import _parser
+from hfqueue.cli.parser import build_parser as _parser
 from tests.deploy_files import (
     COMPOSE,
     COMPOSE_CPU,

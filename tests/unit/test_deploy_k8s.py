@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from hfqueue.cli.main import _parser
+from hfqueue.cli.parser import build_parser as _parser
 from hfqueue.core.jobs import PRIORITIES, priority_queue
 from hfqueue.state.keys import Keys
 from tests.deploy_files import (

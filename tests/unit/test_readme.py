@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from hfqueue.cli.main import _parser
+from hfqueue.cli.parser import build_parser as _parser
 from hfqueue.core.config import Settings
 
 pytestmark = pytest.mark.timeout(30)

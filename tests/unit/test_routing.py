@@ -12,7 +12,7 @@ from hfqueue.core.jobs import JobSpec
 from hfqueue.state import presence
 from hfqueue.state.embedded import RedisServer
 from hfqueue.state.keys import Keys
-from hfqueue.state.routing import announce, hand_back, route, sweep, worker_queue
+from hfqueue.state.routing import hand_back, register_queues, route, sweep, worker_queue
 
 pytestmark = pytest.mark.timeout(30)
 SPEC = JobSpec(task="feature-extraction", model="org/model-x", inputs=["a"])
@@ -26,11 +26,11 @@ def r(redis_server: RedisServer) -> Iterator[redis.Redis]:
 
 
 def alive(r: redis.Redis, name: str, queue: str, models: list[str]) -> None:
-    """A worker record as a serving process publishes it, holding ``models`` for feature-extraction."""
+    """A worker record as a serving process reports it, holding ``models`` for feature-extraction."""
     held = [{"task": "feature-extraction", "model": m, "revision": None, "device": "cpu", "dtype": "auto",
              "quantization": None} for m in models]
-    presence.publish(r, presence.WorkerInfo(name=name, host="h", pid=1, queue=queue, device="cpu", models=held,
-                                            started_at=time.time()), keep=60)
+    presence.report(r, presence.WorkerInfo(name=name, host="h", pid=1, queue=queue, device="cpu", models=held,
+                                           started_at=time.time()), keep=60)
 
 
 def test_chunks_go_to_holders_up_to_their_room_then_to_the_shared_queue(r: redis.Redis) -> None:
@@ -65,7 +65,7 @@ def test_a_dead_workers_queue_is_swept_oldest_first_and_forgotten_later(r: redis
         r.lpush(own, chunk)
     r.zadd(Keys.affinity(q), {"gone@h": time.time() - 3600})
     r.sadd(f"_kombu.binding.{own}", "route")
-    announce(r, q, "alive@h", keep=60)
+    register_queues(r, q, "alive@h", keep=60)
 
     # when a live worker sweeps, with a redelivery window shorter than the silence
     moved = sweep(r, q, redelivery_window=60)
