@@ -96,23 +96,23 @@ class JobSpec(BaseModel):
 
     @model_validator(mode="after")
     def _complete(self) -> "JobSpec":
-        adapter = tasks.get(self.task)
+        task = tasks.get(self.task)
         if (self.inputs is None) == (self.dataset is None):
             raise ValueError("give exactly one of `inputs` (a list of rows) or `dataset`")
         if self.inputs is not None and not self.inputs:
             raise ValueError("`inputs` is empty: give at least one row")
         if self.model is None:
-            self.model, default_revision = adapter.default_model
+            self.model, default_revision = task.default_model
             self.revision = self.revision or default_revision
-        self.columns = adapter.resolve_columns(self.column, self.columns)
-        for name in adapter.optional_fields:  # inline rows that hold an optional field (a text_pair) echo it too
+        self.columns = task.resolve_columns(self.column, self.columns)
+        for name in task.optional_fields:  # inline rows that hold an optional field (a text_pair) echo it too
             if self.dataset is None and any(isinstance(row, dict) and name in row for row in self.inputs or []):
                 self.columns.setdefault(name, name)
         if len(self.columns) == 1:
-            self.column = self.columns[adapter.fields[0]]
-        self.options = adapter.validate_options(self.options)
+            self.column = self.columns[task.fields[0]]
+        self.options = task.validate_options(self.options)
         for i, row in enumerate(self.inputs or []):
-            problem = adapter.row_problem(row)
+            problem = task.row_problem(row)
             if problem:
                 raise ValueError(f"inputs[{i}]: {problem}")
         return self

@@ -1,12 +1,12 @@
-"""Task adapters, one module per task family, looked up by name or alias.
+"""Tasks, one module per task family, looked up by name or alias.
 
-Adding a task: write a :class:`~hfqueue.tasks.base.TaskAdapter` subclass in its own module and list it
-in ``_ADAPTERS`` below.
+Adding a task: write a :class:`~hfqueue.tasks.base.Task` subclass in its own module and list it
+in ``_TASKS`` below.
 """
 
 from __future__ import annotations
 
-from hfqueue.tasks.base import TaskAdapter
+from hfqueue.tasks.base import Task
 from hfqueue.tasks.embeddings import FeatureExtraction
 from hfqueue.tasks.fill_mask import FillMask
 from hfqueue.tasks.image_classification import ImageClassification
@@ -18,20 +18,20 @@ from hfqueue.tasks.text_generation import TextGeneration
 from hfqueue.tasks.token_classification import TokenClassification
 from hfqueue.tasks.zero_shot import ZeroShotClassification
 
-_ADAPTERS: tuple[TaskAdapter, ...] = (
+_TASKS: tuple[Task, ...] = (
     TextClassification(), TokenClassification(), ZeroShotClassification(), FeatureExtraction(), FillMask(),
     TextGeneration(), Summarization(), Translation(), Text2TextGeneration(), QuestionAnswering(),
     ImageClassification(), SpeechRecognition(),
 )
-_BY_NAME: dict[str, TaskAdapter] = {}
-for _adapter in _ADAPTERS:
-    for _name in (_adapter.name, *_adapter.aliases):
-        _BY_NAME[_name] = _adapter
+_BY_NAME: dict[str, Task] = {}
+for _task in _TASKS:
+    for _name in (_task.name, *_task.aliases):
+        _BY_NAME[_name] = _task
 
 
 def names() -> list[str]:
     """Canonical names of the tasks hfqueue runs."""
-    return [a.name for a in _ADAPTERS]
+    return [a.name for a in _TASKS]
 
 
 def known_names() -> list[str]:
@@ -48,6 +48,6 @@ def canonical_name(name: str) -> str:
         raise ValueError(f"unknown task {name!r}; known tasks: {known}") from None
 
 
-def get(name: str) -> TaskAdapter:
-    """The adapter for a task name or alias."""
+def get(name: str) -> Task:
+    """The task for a task name or alias."""
     return _BY_NAME[canonical_name(name)]

@@ -1,8 +1,8 @@
-"""The contract every task adapter follows, and the loading and collating that text tasks share.
+"""The contract every task follows, and the loading and collating that text tasks share.
 
-An adapter turns rows into model inputs (``prepare``), runs one batch (``forward``) and shapes one
+A task turns rows into model inputs (``prepare``), runs one batch (``forward``) and shapes one
 output dict per row. Batching, ordering, per-row errors and writing are the worker's job, not the
-adapter's, so a new task is one short file. Adapters import torch and transformers inside their
+task's, so a new task is one short file. Tasks import torch and transformers inside their
 methods: the producer imports this package to validate specs and must stay light.
 """
 
@@ -42,12 +42,12 @@ class LoadedModel:
     name: str = ""  # the model id or folder the job named (set by the cache; a metrics label)
     devices: list[str] = field(default_factory=list)  # where its weights lie, e.g. ["cuda:0", "cuda:1"]
     peft: Any = None  # the PEFT adapters applied to it, once a job named one (hfqueue.worker.peft_adapters)
-    broken: bool = False  # an adapter that failed half-applied left it unusable: the cache loads it again
+    broken: bool = False  # a PEFT adapter that failed half-applied left it unusable: the cache loads it again
     max_tokens: int | None = None  # the model's own input limit (tokenizer, positions, max_seq_length); None: none
 
 
-class TaskAdapter:
-    """Base class of task adapters.
+class Task:
+    """Base class of tasks.
 
     Subclasses set ``name``, ``default_model`` and ``output_types``, and usually ``aliases``,
     ``Options``, ``model_class`` / ``heads`` (the auto class and the transformers mappings a model must

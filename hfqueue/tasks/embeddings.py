@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from hfqueue.errors import ModelLoadError
 from hfqueue.tasks import sentence_models
-from hfqueue.tasks.base import LoadedModel, TaskAdapter
+from hfqueue.tasks.base import LoadedModel, Task
 from hfqueue.tasks.limits import TokenLimit, model_limit, tokenize
 from hfqueue.tasks.loading import placement, resolved_revision
 
@@ -55,7 +55,7 @@ class EmbeddingOptions(BaseModel):
         return self
 
 
-class FeatureExtraction(TaskAdapter):
+class FeatureExtraction(Task):
     """Output columns ``embedding`` (list of float32; a list of such lists per token with pooling none) and
     ``input_tokens`` (tokens the row had after truncation, prompt included)."""
 

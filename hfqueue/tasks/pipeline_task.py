@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from hfqueue.tasks.base import LoadedModel, TaskAdapter
+from hfqueue.tasks.base import LoadedModel, Task
 from hfqueue.tasks.limits import TokenLimit, tokenize
 
 
-class PipelineTask(TaskAdapter):
-    """A task adapter backed by ``pipeline(pipeline_task)``; subclasses shape each pipeline output."""
+class PipelineTask(Task):
+    """A task backed by ``pipeline(pipeline_task)``; subclasses shape each pipeline output."""
 
     pipeline_task: ClassVar[str]
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from hfqueue.tasks.base import LoadedModel, TaskAdapter
+from hfqueue.tasks.base import LoadedModel, Task
 from hfqueue.tasks.limits import TokenLimit
 
 if TYPE_CHECKING:
@@ -36,7 +36,7 @@ class QuestionAnsweringOptions(BaseModel):
         return self
 
 
-class QuestionAnswering(TaskAdapter):
+class QuestionAnswering(Task):
     """Output columns ``answer`` (str), ``score`` (float), ``start`` and ``end`` (character offsets in the context)."""
 
     name = "question-answering"

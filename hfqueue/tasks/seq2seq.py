@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import BaseModel
 
 from hfqueue.errors import ModelLoadError
-from hfqueue.tasks.base import LoadedModel, TaskAdapter
+from hfqueue.tasks.base import LoadedModel, Task
 from hfqueue.tasks.generation import GenerationOptions, generate, room_problem
 from hfqueue.tasks.limits import TokenLimit
 
@@ -36,7 +36,7 @@ class TranslationOptions(Seq2SeqOptions):
     tgt_lang: str | None = None
 
 
-class Seq2SeqTask(TaskAdapter):
+class Seq2SeqTask(Task):
     """Base of the encoder-decoder generation tasks; ``output_column`` names the text column."""
 
     name = "text2text-generation"

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from hfqueue.tasks.base import LoadedModel, TaskAdapter
+from hfqueue.tasks.base import LoadedModel, Task
 from hfqueue.tasks.limits import TokenLimit, tokenize
 from hfqueue.tasks.loading import read_json
 
@@ -45,7 +45,7 @@ def label_row(ranked: list[tuple[str, float]], top_k: int | None) -> dict[str, A
 _ACTIVATIONS = {"sigmoid": "sigmoid", "identity": "none", "softmax": "softmax"}
 
 
-class TextClassification(TaskAdapter):
+class TextClassification(Task):
     """Output columns ``label`` (str, from the model's id2label) and ``score``; ``labels``/``scores`` with top_k."""
 
     name = "text-classification"

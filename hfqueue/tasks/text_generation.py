@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 from pydantic import BaseModel, Field
 
 from hfqueue.errors import ModelLoadError
-from hfqueue.tasks.base import LoadedModel, TaskAdapter
+from hfqueue.tasks.base import LoadedModel, Task
 from hfqueue.tasks.generation import GenerationOptions, finished, generate, room_problem
 from hfqueue.tasks.limits import TokenLimit, position_limit, tokenize
 
@@ -32,7 +32,7 @@ class TextGenerationOptions(GenerationOptions):
     stop: list[Annotated[str, Field(min_length=1)]] | None = Field(None, min_length=1, max_length=4)
 
 
-class TextGeneration(TaskAdapter):
+class TextGeneration(Task):
     """Output columns ``generated_text`` (the continuation, or prompt + continuation with return_full_text),
     ``finish_reason`` (``stop`` or ``length``), ``prompt_tokens`` and ``completion_tokens``."""
 

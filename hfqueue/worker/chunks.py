@@ -90,15 +90,15 @@ def record_model(ctx: WorkerContext, job_id: str, spec: JobSpec, loaded: LoadedM
                          **({"model_revision": loaded.revision} if loaded.revision else {}))
 
 
-def result_table(adapter: tasks.TaskAdapter, spec: JobSpec, source: Source, chunk: Chunk, rows: list[Any],
+def result_table(task: tasks.Task, spec: JobSpec, source: Source, chunk: Chunk, rows: list[Any],
                  results: RowResults) -> pa.Table:
     """``row_idx``, the input columns that are text, and the task's outputs, for the rows that succeeded."""
     keep = [i for i, out in enumerate(results.outputs) if out is not None]
-    types = adapter.output_types(spec.options)
+    types = task.output_types(spec.options)
     columns: dict[str, Any] = {ROW_INDEX: pa.array([chunk.start + i for i in keep], pa.int64())}
     for field, column in source.columns.items():
-        values = [_field(rows[i], field, adapter.fields[0]) for i in keep]
-        echoed = _echo(values, adapter.echo_inputs)
+        values = [_field(rows[i], field, task.fields[0]) for i in keep]
+        echoed = _echo(values, task.echo_inputs)
         if echoed is not None:
             columns[f"input_{column}" if column in types or column == ROW_INDEX else column] = echoed
     for name, arrow_type in types.items():

@@ -59,9 +59,9 @@ class WorkerContext:
     worker: str = "?"  # the Celery node name of this worker
     metrics_url: str | None = None  # what the hooks serve from this process (metrics), once they do
 
-    def model(self, adapter: tasks.TaskAdapter, spec: JobSpec, device: str) -> LoadedModel:
+    def model(self, task: tasks.Task, spec: JobSpec, device: str) -> LoadedModel:
         """The spec's model for ``adapter`` from the cache (loaded on a miss), with the spec's PEFT adapter applied,
-        once the worker allows it: remote code only with HFQ_ALLOW_REMOTE_CODE, a local model or adapter folder
+        once the worker allows it: remote code only with HFQ_ALLOW_REMOTE_CODE, a local model or PEFT adapter folder
         only inside HFQ_INPUT_ROOTS."""
         if spec.trust_remote_code and not self.settings.allow_remote_code:
             raise ModelLoadError("the job asks for trust_remote_code, which this worker does not allow "
@@ -74,7 +74,7 @@ class WorkerContext:
             except InvalidSpecError as exc:
                 raise ModelLoadError(f"this worker refuses the {what}: {exc}", value=name) from None
         with self.lock:
-            loaded = self.models.get(adapter, str(spec.model), revision=spec.revision, device=device,
+            loaded = self.models.get(task, str(spec.model), revision=spec.revision, device=device,
                                      dtype=spec.dtype or self.settings.dtype, quantization=spec.quantization,
                                      trust_remote_code=spec.trust_remote_code)
             if spec.adapter is not None:  # applied now, so an adapter that does not fit fails before any row runs
@@ -85,17 +85,17 @@ class WorkerContext:
             should_stop: Callable[[], bool] = lambda: False) -> tuple[LoadedModel, RowResults]:
         """Run ``rows`` through the spec's resident model in batches, taking turns with the other thread.
 
-        Each batch holds the lock with the spec's adapter (or none) set on the model for its forward pass.
+        Each batch holds the lock with the spec's PEFT adapter (or none) set on the model for its forward pass.
         """
-        adapter = tasks.get(spec.task)
-        loaded = self.model(adapter, spec, device)
+        task = tasks.get(spec.task)
+        loaded = self.model(task, spec, device)
         turn = Activation(self.lock, loaded, spec.adapter, self.settings.adapter_cache_size)
-        results = infer_rows(adapter, loaded, rows, spec.options, max_batch_size=self.settings.max_batch_size,
+        results = infer_rows(task, loaded, rows, spec.options, max_batch_size=self.settings.max_batch_size,
                              max_batch_tokens=max_batch_tokens, max_length=self.settings.max_length,
                              truncate=spec.truncate,
                              should_stop=should_stop, lock=turn, prefetch=self.settings.prefetch(device),
                              hooks=self.hooks)
-        self.hooks.rows_done(adapter.name, loaded.name, ok=len(rows) - len(results.errors), failed=len(results.errors),
+        self.hooks.rows_done(task.name, loaded.name, ok=len(rows) - len(results.errors), failed=len(results.errors),
                              truncated=results.rows_truncated)
         return loaded, results
 

@@ -10,7 +10,7 @@ from collections import OrderedDict
 from typing import Any
 
 from hfqueue.core.hooks import Hooks
-from hfqueue.tasks.base import LoadedModel, TaskAdapter
+from hfqueue.tasks.base import LoadedModel, Task
 
 logger = logging.getLogger(__name__)
 
@@ -56,29 +56,29 @@ class ModelCache:
         names = {d for _, loaded in self._entries for d in loaded.devices}
         return sorted(names, key=lambda n: (not n.startswith("cuda"), len(n), n))
 
-    def get(self, adapter: TaskAdapter, model: str, *, revision: str | None, device: str, dtype: str,
+    def get(self, task: Task, model: str, *, revision: str | None, device: str, dtype: str,
             quantization: str | None = None, trust_remote_code: bool = False) -> LoadedModel:
         """The loaded model for this key, loading it (and evicting the oldest) on a miss."""
-        key: ModelKey = (adapter.name, model, revision, device, dtype, quantization)
+        key: ModelKey = (task.name, model, revision, device, dtype, quantization)
         if key in self._models and self._models[key].broken:
-            logger.warning("dropping %s (%s): an adapter that failed to load left it unusable", model, adapter.name)
+            logger.warning("dropping %s (%s): a PEFT adapter that failed to load left it unusable", model, task.name)
             del self._models[key]
             self._entries = tuple(self._models.items())
             free_device_memory(device)
         if key in self._models:
             self._models.move_to_end(key)
-            self.hooks.cache_hit(adapter.name, model)
+            self.hooks.cache_hit(task.name, model)
             return self._models[key]
         started = time.perf_counter()
-        loaded = adapter.load(model, revision=revision, device=device, dtype=dtype, quantization=quantization,
+        loaded = task.load(model, revision=revision, device=device, dtype=dtype, quantization=quantization,
                               trust_remote_code=trust_remote_code, device_map=self.device_map,
                               max_memory=self.max_memory)
         loaded.name = model
         seconds = time.perf_counter() - started
         self.loads += 1
         where = ", ".join(loaded.devices) or device
-        logger.info("loaded %s for %s on %s in %.1f s", model, adapter.name, where, seconds)
-        self.hooks.model_loaded(adapter.name, model, seconds=seconds)
+        logger.info("loaded %s for %s on %s in %.1f s", model, task.name, where, seconds)
+        self.hooks.model_loaded(task.name, model, seconds=seconds)
         self._models[key] = loaded
         while len(self._models) > self.size:
             old_key, _ = self._models.popitem(last=False)

@@ -1,4 +1,4 @@
-"""Running an adapter over a chunk's rows: batch by length, run, isolate bad rows, restore input order.
+"""Running a task over a chunk's rows: batch by length, run, isolate bad rows, restore input order.
 
 A row that cannot be prepared (it does not tokenize or decode) or whose batch raises is not allowed
 to take the chunk down with it: a failing batch is split in halves and retried until the failing rows
@@ -22,7 +22,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from hfqueue.core.hooks import Hooks
 from hfqueue.errors import HfqError, ModelLoadError
-from hfqueue.tasks.base import LoadedModel, TaskAdapter
+from hfqueue.tasks.base import LoadedModel, Task
 from hfqueue.tasks.limits import TokenLimit
 from hfqueue.worker.batching import TokenBudget, plan_batches
 from hfqueue.worker.models import free_device_memory
@@ -49,7 +49,7 @@ class RowResults:
         return sum(1 for i in self.truncated if self.outputs[i] is not None)
 
 
-def infer_rows(adapter: TaskAdapter, loaded: LoadedModel, rows: list[Any], options: dict[str, Any], *,
+def infer_rows(task: Task, loaded: LoadedModel, rows: list[Any], options: dict[str, Any], *,
                max_batch_size: int, max_batch_tokens: int | TokenBudget, max_length: int, truncate: bool = True,
                should_stop: Callable[[], bool] = lambda: False,
                lock: AbstractContextManager[Any] | None = None, prefetch: bool = False,
@@ -63,25 +63,25 @@ def infer_rows(adapter: TaskAdapter, loaded: LoadedModel, rows: list[Any], optio
 
     ``max_batch_tokens`` may be a :class:`TokenBudget` shared across chunks, which out-of-memory
     errors shrink. Raises :class:`BatchStopped` when ``should_stop()`` turns true at a batch
-    boundary, and :class:`ModelLoadError` when the adapter finds the model unfit for the job.
+    boundary, and :class:`ModelLoadError` when the task finds the model unfit for the job.
 
     Rows longer than ``max_length`` or the model's own limit are cut to it and listed in ``truncated``; with
     ``truncate=False`` each such row fails alone instead.
     """
     budget = max_batch_tokens if isinstance(max_batch_tokens, TokenBudget) else TokenBudget(max_batch_tokens)
     results = RowResults([None] * len(rows))
-    tokens = adapter.input_limit(loaded, options, max_length)
-    features = _prepare(adapter, loaded, rows, options, TokenLimit(tokens, truncate), results)
-    lengths = {i: adapter.length(features[i]) for i in range(len(rows)) if i not in results.errors}
+    tokens = task.input_limit(loaded, options, max_length)
+    features = _prepare(task, loaded, rows, options, TokenLimit(tokens, truncate), results)
+    lengths = {i: task.length(features[i]) for i in range(len(rows)) if i not in results.errors}
     pending, ran = list(lengths), set()
     while pending:
         tokens = budget.tokens
         batches = [[pending[j] for j in b] for b in plan_batches([lengths[i] for i in pending], max_batch_size, tokens)]
-        with _Collated(adapter, loaded, features, batches, prefetch) as collated:
+        with _Collated(task, loaded, features, batches, prefetch) as collated:
             for k, batch in enumerate(batches):
                 if should_stop():
                     raise BatchStopped("stopped at a batch boundary")
-                _run(adapter, loaded, batch, features, options, results, budget, lengths, lock or nullcontext(),
+                _run(task, loaded, batch, features, options, results, budget, lengths, lock or nullcontext(),
                      hooks or Hooks(), ready=collated.get(k))
                 ran.update(batch)
                 if budget.tokens != tokens:
@@ -92,10 +92,10 @@ def infer_rows(adapter: TaskAdapter, loaded: LoadedModel, rows: list[Any], optio
     return results
 
 
-def _prepare(adapter: TaskAdapter, loaded: LoadedModel, rows: list[Any], options: dict[str, Any],
+def _prepare(task: Task, loaded: LoadedModel, rows: list[Any], options: dict[str, Any],
              limit: TokenLimit, results: RowResults) -> list[Any]:
     try:
-        features = adapter.prepare(loaded, rows, options, limit)
+        features = task.prepare(loaded, rows, options, limit)
         results.truncated.update(limit.truncated)
         return features
     except (ModelLoadError, SoftTimeLimitExceeded):
@@ -105,7 +105,7 @@ def _prepare(adapter: TaskAdapter, loaded: LoadedModel, rows: list[Any], options
         for i, row in enumerate(rows):
             one = TokenLimit(limit.tokens, limit.truncate)
             try:
-                features[i] = adapter.prepare(loaded, [row], options, one)[0]
+                features[i] = task.prepare(loaded, [row], options, one)[0]
             except (ModelLoadError, SoftTimeLimitExceeded):
                 raise
             except Exception as exc:  # noqa: BLE001
@@ -120,9 +120,9 @@ class _Collated:
     batch k runs. ``get`` returns None when a batch could not be collated ahead (``_run`` then collates it
     itself and isolates the bad rows)."""
 
-    def __init__(self, adapter: TaskAdapter, loaded: LoadedModel, features: list[Any], batches: list[list[int]],
+    def __init__(self, task: Task, loaded: LoadedModel, features: list[Any], batches: list[list[int]],
                  prefetch: bool) -> None:
-        self._collate = lambda k: adapter.collate(loaded, [features[i] for i in batches[k]])
+        self._collate = lambda k: task.collate(loaded, [features[i] for i in batches[k]])
         self._count = len(batches)
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="hfq-prefetch") if prefetch and len(batches) > 1 else None
         self._ahead: dict[int, Future[Any]] = {}
@@ -146,17 +146,17 @@ class _Collated:
             self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _run(adapter: TaskAdapter, loaded: LoadedModel, index: list[int], features: list[Any],
+def _run(task: Task, loaded: LoadedModel, index: list[int], features: list[Any],
          options: dict[str, Any], results: RowResults, budget: TokenBudget, lengths: dict[int, int],
          lock: AbstractContextManager[Any], hooks: Hooks, ready: Any = None) -> None:
     try:
-        batch = ready if ready is not None else adapter.collate(loaded, [features[i] for i in index])
+        batch = ready if ready is not None else task.collate(loaded, [features[i] for i in index])
         with lock:
             started = time.perf_counter()
-            outputs = adapter.forward(loaded, batch, options)
+            outputs = task.forward(loaded, batch, options)
             seconds = time.perf_counter() - started
         if len(outputs) != len(index):
-            raise HfqError(f"task {adapter.name!r} returned {len(outputs)} outputs for {len(index)} inputs")
+            raise HfqError(f"task {task.name!r} returned {len(outputs)} outputs for {len(index)} inputs")
     except (ModelLoadError, SoftTimeLimitExceeded):  # the model or the chunk's time is at fault, not a row
         raise
     except Exception as exc:  # noqa: BLE001 - find the rows that fail by halving the batch
@@ -164,17 +164,17 @@ def _run(adapter: TaskAdapter, loaded: LoadedModel, index: list[int], features: 
             free_device_memory(loaded.device)
             padded = max(lengths[i] for i in index) * len(index)
             budget.shrink(padded)
-            hooks.oom_split(adapter.name, loaded.name)
+            hooks.oom_split(task.name, loaded.name)
             logger.warning("out of memory on a batch of %d rows (%d padded tokens): splitting it; token budget "
                            "now %d", len(index), padded, budget.tokens)
         if len(index) == 1:
             results.errors[index[0]] = _describe(exc)
             return
         half = len(index) // 2
-        _run(adapter, loaded, index[:half], features, options, results, budget, lengths, lock, hooks)
-        _run(adapter, loaded, index[half:], features, options, results, budget, lengths, lock, hooks)
+        _run(task, loaded, index[:half], features, options, results, budget, lengths, lock, hooks)
+        _run(task, loaded, index[half:], features, options, results, budget, lengths, lock, hooks)
         return
-    hooks.batch_done(adapter.name, loaded.name, rows=len(index), real_tokens=sum(lengths[i] for i in index),
+    hooks.batch_done(task.name, loaded.name, rows=len(index), real_tokens=sum(lengths[i] for i in index),
                      padded_tokens=max(lengths[i] for i in index) * len(index), seconds=seconds)
     for i, out in zip(index, outputs, strict=True):
         results.outputs[i] = out

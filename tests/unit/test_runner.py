@@ -12,14 +12,14 @@ import pytest
 import torch
 
 from hfqueue.errors import ModelLoadError
-from hfqueue.tasks.base import LoadedModel, TaskAdapter
+from hfqueue.tasks.base import LoadedModel, Task
 from hfqueue.worker.batching import TokenBudget
 from hfqueue.worker.runner import BatchStopped, infer_rows
 
 pytestmark = pytest.mark.timeout(10)
 
 
-class Upper(TaskAdapter):
+class Upper(Task):
     """Upper-cases rows; a batch holding "bad" raises, a row "unpreparable" cannot be prepared."""
 
     name = "upper"
