@@ -10,12 +10,13 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
-from hfqueue.api import owners, streams
+from hfqueue.api import streams
 from hfqueue.api.common import Page, client_of, errors, owner, page
 from hfqueue.core.jobs import JobSpec, JobState
 from hfqueue.errors import JobNotFoundError
 from hfqueue.producer.client import Client, Job
 from hfqueue.sinks.local import ROW_INDEX, error_files, part_files
+from hfqueue.state import owners
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -72,7 +73,7 @@ def submit(spec: JobSpec, request: Request, who: str = Depends(owner)) -> JobOut
     """Submit a job: the same spec as ``Client.submit`` (inline ``inputs`` or a ``dataset``)."""
     client = client_of(request)
     job = Job(client, client.sender.submit(spec, {"owner": who}))  # the record names the key that owns it
-    owners.own(client, who, "jobs", job.id)
+    owners.own(client.redis, who, "jobs", job.id, ttl=client.settings.job_ttl)
     return _out(job)
 
 
@@ -81,7 +82,7 @@ def list_jobs(request: Request, who: str = Depends(owner), limit: int = Query(20
               after: str | None = Query(None, description="the last job id of the previous page")) -> Page[JobOut]:
     """This key's jobs, newest first, ``limit`` a page."""
     client = client_of(request)
-    ids, more = owners.page(client, who, "jobs", limit, after)
+    ids, more = owners.page(client.redis, who, "jobs", limit, after)
     data = []
     for job_id in ids:
         try:

@@ -15,15 +15,15 @@ from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Reques
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from hfqueue.api import owners
 from hfqueue.api.common import Page, client_of, errors, owner, page
 from hfqueue.api.uploads import TooLarge, Uploads
 from hfqueue.errors import JobNotFoundError
+from hfqueue.lifecycle.batches import BatchState
 from hfqueue.openai_batch import batch as batches
 from hfqueue.openai_batch.files import ERRORS, OUTPUT
 from hfqueue.openai_batch.handle import OpenAIBatch
 from hfqueue.producer.client import Client
-from hfqueue.state.keys import Keys
+from hfqueue.state import owners
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
@@ -94,8 +94,7 @@ class BatchObject(BaseModel):
     errors: BatchErrors | None
     input_file_id: str
     completion_window: str
-    status: Literal["validating", "failed", "in_progress", "finalizing", "completed", "expired", "cancelling",
-                    "cancelled"]
+    status: BatchState
     output_file_id: str | None
     error_file_id: str | None
     created_at: int
@@ -127,7 +126,7 @@ def upload(request: Request, file: UploadFile = File(...),
                                       purpose=purpose, max_bytes=int(settings.api_max_upload_mb * 2**20))
     except TooLarge as exc:
         raise HTTPException(413, f"{exc}") from None
-    owners.own(client_of(request), who, "files", meta["id"])
+    owners.own(client_of(request).redis, who, "files", meta["id"], ttl=client_of(request).settings.job_ttl)
     return FileObject(**meta)
 
 
@@ -135,7 +134,7 @@ def upload(request: Request, file: UploadFile = File(...),
 def list_files(request: Request, who: str = Depends(owner), limit: int = Query(20, ge=1, le=100),
                after: str | None = Query(None)) -> Page[FileObject]:
     """This key's uploaded files, newest first."""
-    ids, more = owners.page(client_of(request), who, "files", limit, after)
+    ids, more = owners.page(client_of(request).redis, who, "files", limit, after)
     data = [FileObject(**m) for m in map(_uploads(request).meta, ids) if m is not None]
     return Page[FileObject](**page(data, ids, more))
 
@@ -163,7 +162,7 @@ def delete_file(file_id: str, request: Request, who: str = Depends(owner)) -> Fi
     if meta["purpose"] != "batch":
         raise HTTPException(409, f"{file_id} is a batch's {meta['filename']}: it is kept with its batch")
     _uploads(request).delete(file_id)
-    owners.disown(client_of(request), who, "files", file_id)
+    owners.disown(client_of(request).redis, who, "files", file_id)
     return FileDeleted(id=file_id, deleted=True)
 
 
@@ -180,9 +179,9 @@ def create_batch(body: BatchCreate, request: Request, who: str = Depends(owner))
     with _uploads(request).path(body.input_file_id).open("rb") as fh:
         batch_id = batches.submit(client, fh, input_file=body.input_file_id, endpoint=body.endpoint,
                                   metadata=body.metadata, completion_window=body.completion_window, owner=who)
-    owners.own(client, who, "batches", batch_id)
+    owners.own(client.redis, who, "batches", batch_id, ttl=client.settings.job_ttl)
     for job in OpenAIBatch(client, batch_id).jobs():
-        owners.own(client, who, "jobs", job.id)
+        owners.own(client.redis, who, "jobs", job.id, ttl=client.settings.job_ttl)
     return _batch(client, batch_id)
 
 
@@ -191,7 +190,7 @@ def list_batches(request: Request, who: str = Depends(owner), limit: int = Query
                  after: str | None = Query(None)) -> Page[BatchObject]:
     """This key's batches, newest first."""
     client = client_of(request)
-    ids, more = owners.page(client, who, "batches", limit, after)
+    ids, more = owners.page(client.redis, who, "batches", limit, after)
     data = []
     for batch_id in ids:
         try:
@@ -220,7 +219,7 @@ def cancel_batch(batch_id: str, request: Request, who: str = Depends(owner)) -> 
 
 
 def _check_batch(client: Client, who: str, batch_id: str) -> None:
-    if client.redis.hget(Keys.batch(batch_id), "owner") != who:
+    if batches.batch_store(client).fields(batch_id, "owner")[0] != who:
         raise JobNotFoundError(f"no batch {batch_id!r} for this API key", value=batch_id)
 
 
@@ -242,7 +241,7 @@ def _file(request: Request, who: str, file_id: str) -> tuple[dict[str, Any], Pat
         return meta, uploads.path(file_id)
     kind, _, hexid = file_id.removeprefix("file-").partition("-")
     batch_id = f"batch_{hexid}"
-    owner_name, folder = client.redis.hmget(Keys.batch(batch_id), ["owner", "output_dir"])
+    owner_name, folder = batches.batch_store(client).fields(batch_id, "owner", "output_dir")
     if kind in _OUTPUTS and hexid.isalnum() and owner_name == who:
         path = Path(folder or "") / _OUTPUTS[kind]
         if path.exists():

@@ -191,11 +191,13 @@ def _submit_batch(args: argparse.Namespace, settings: Settings, wait: bool = Fal
 def _batch_outcome(obj: dict[str, Any], as_json: bool) -> int:
     """Print a batch object; exit 0 completed without failures, 3 with some, 1 failed or cancelled."""
     from hfqueue.cli.views import batch_text
+    from hfqueue.lifecycle.batches import BatchState
 
     print(json.dumps(obj, indent=2) if as_json else batch_text(obj))
-    if obj["status"] in ("failed", "cancelled", "expired"):
+    state = BatchState(obj["status"])
+    if state.is_final and state != BatchState.COMPLETED:  # failed, cancelled or expired
         return EXIT_FAILED
-    return EXIT_PARTIAL if obj["status"] == "completed" and obj["request_counts"]["failed"] else 0
+    return EXIT_PARTIAL if state == BatchState.COMPLETED and obj["request_counts"]["failed"] else 0
 
 
 def _finish(job: Any, final: JobStatus, as_json: bool) -> int:

@@ -31,8 +31,18 @@ import redis
 
 from hfqueue.core.files import atomic_text
 from hfqueue.errors import BrokerUnavailableError
-from hfqueue.state.redis_server import (HOST, POLL_S, RedisServer, connect, find_redis_server, free_port, pid_alive,
-                                        server_args, server_pid, tail)
+from hfqueue.state.redis_server import (
+    HOST,
+    POLL_S,
+    RedisServer,
+    connect,
+    find_redis_server,
+    free_port,
+    pid_alive,
+    server_args,
+    server_pid,
+    tail,
+)
 
 __all__ = ["RedisServer", "ensure_running", "find_redis_server", "free_port", "revive", "running", "running_url",
            "stop_embedded", "stopped_by_operator"]

@@ -95,7 +95,7 @@ class Keys:
         """String with a TTL: who is writing a batch's output files (so one process does it)."""
         return f"{KEY_PREFIX}:batch:{batch_id}:claim"
 
-    # --- API key owners (hfqueue.api.owners)
+    # --- API key owners (hfqueue.state.owners)
 
     @staticmethod
     def owned(owner: str, kind: str) -> str:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import socket
+import urllib.request
+from collections.abc import Mapping
 
 import pytest
 
@@ -78,3 +81,56 @@ def test_prometheus_hooks_count_truncated_rows() -> None:
     labels = 'model="m",task="feature-extraction",worker="w1"'
     assert f"hfq_rows_truncated_total{{{labels}}} 3.0" in text
     assert 'hfq_rows_total{model="m",outcome="ok",task="feature-extraction",worker="w1"} 15.0' in text
+
+
+class Serving(Hooks):
+    def __init__(self, url: str | None) -> None:
+        self.url = url
+
+    def serving_started(self, *, address: str, port: int) -> str | None:
+        return self.url
+
+
+class Ended(Hooks):
+    def __init__(self) -> None:
+        self.ended: list[str] = []
+
+    def job_ended(self, job_id: str, record: Mapping[str, str]) -> None:
+        self.ended.append(f"{job_id}:{record['state']}")
+
+
+def test_safe_hooks_tell_every_hook_a_job_ended_and_return_the_first_served_url() -> None:
+    # given hooks of which one serves nothing, one serves an endpoint, one breaks, and one follows jobs
+    ended = Ended()
+    hooks = SafeHooks([Serving(None), Serving("http://h:1/metrics"), Broken(), Serving("http://h:2/x"), ended])
+    # when the serving process starts and a job ends
+    url = hooks.serving_started(address="127.0.0.1", port=1)
+    hooks.job_ended("j1", {"state": "completed"})
+    # then the first URL wins and the job's end reached the hook that follows jobs
+    assert url == "http://h:1/metrics"
+    assert ended.ended == ["j1:completed"]
+
+
+def test_prometheus_hooks_serve_their_endpoint_only_on_a_free_port(caplog: pytest.LogCaptureFixture) -> None:
+    # given a port that is taken and the metrics hooks of a worker
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        hooks = PrometheusHooks("w@test", "cpu")
+        # when its serving process starts with no port, the taken port, and a free one
+        none = hooks.serving_started(address="127.0.0.1", port=0)
+        refused = hooks.serving_started(address="127.0.0.1", port=taken.getsockname()[1])
+        free = _free_port()
+        url = hooks.serving_started(address="127.0.0.1", port=free)
+    # then it serves only on the free port, and says why it could not on the taken one
+    assert (none, refused) == (None, None)
+    assert "cannot serve metrics on port" in caplog.text
+    assert url == f"http://127.0.0.1:{free}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        assert b"hfq_" in response.read()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
