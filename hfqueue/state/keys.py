@@ -70,7 +70,7 @@ class Keys:
 
     @staticmethod
     def worker(name: str) -> str:
-        """String with a short TTL: a live worker's record (device, models, memory; see monitoring.presence)."""
+        """String with a short TTL: a live worker's record (device, models, memory; see hfqueue.state.presence)."""
         return f"{KEY_PREFIX}:worker:{name}"
 
     workers = f"{KEY_PREFIX}:workers"  # sorted set worker name -> last heartbeat; pruned by every heartbeat
