@@ -12,7 +12,9 @@ custom code. Its forward pass
 * raises ``torch.OutOfMemoryError`` (what CUDA raises) for a batch of more than ``fault_oom_tokens``
   padded tokens, when set: the worker must split the batch and shrink its token budget;
 * hangs for ``fault_hang_s`` seconds, when set, swallowing every exception meanwhile (as a stuck native
-  call would the soft time limit): only the hard time limit ends it.
+  call would the soft time limit): only the hard time limit ends it;
+* returns NaN hidden states when it runs in a reduced precision (bfloat16, float16) and ``fault_nan_reduced``
+  is set, as a model whose activations overflow there would: the worker must run the batch again in float32.
 
 Both markers are special tokens of the tiny tokenizer, so they arrive as single ids and no ordinary
 sentence produces them.
@@ -41,8 +43,9 @@ class FaultConfig(BertConfig):
     model_type = "fault-bert"
 
     def __init__(self, fault_delay_s=0.0, fault_poison_id=-1, fault_crash_id=-1, fault_oom_tokens=-1,
-                 fault_hang_s=0.0, **kwargs):
+                 fault_hang_s=0.0, fault_nan_reduced=False, **kwargs):
         super().__init__(**kwargs)
+        self.fault_nan_reduced = fault_nan_reduced
         self.fault_hang_s = fault_hang_s
         self.fault_oom_tokens = fault_oom_tokens
         self.fault_delay_s = fault_delay_s
@@ -67,11 +70,15 @@ class FaultModel(BertModel):
             except BaseException:
                 pass
         time.sleep(self.config.fault_delay_s)
-        return super().forward(input_ids=input_ids, **kwargs)
+        out = super().forward(input_ids=input_ids, **kwargs)
+        if self.config.fault_nan_reduced and self.dtype != torch.float32:
+            out.last_hidden_state = torch.full_like(out.last_hidden_state, float("nan"))
+        return out
 '''
 
 
-def build_fault_encoder(path: Path, delay_s: float = 0.0, oom_tokens: int = -1, hang_s: float = 0.0) -> Path:
+def build_fault_encoder(path: Path, delay_s: float = 0.0, oom_tokens: int = -1, hang_s: float = 0.0,
+                        nan_reduced: bool = False) -> Path:
     """Save the misbehaving encoder into ``path``; it needs a worker with ``HFQ_ALLOW_REMOTE_CODE=true``.
 
     It has the weights of :func:`tests.tiny_models.build_encoder`'s model, so where it does not misbehave
@@ -82,7 +89,8 @@ def build_fault_encoder(path: Path, delay_s: float = 0.0, oom_tokens: int = -1, 
     config = json.loads((path / "config.json").read_text())
     config.update(model_type="fault-bert", architectures=["FaultModel"],
                   auto_map={"AutoConfig": "fault_bert.FaultConfig", "AutoModel": "fault_bert.FaultModel"},
-                  fault_delay_s=delay_s, fault_oom_tokens=oom_tokens, fault_hang_s=hang_s, fault_poison_id=vocab[POISON], fault_crash_id=vocab[CRASH])
+                  fault_delay_s=delay_s, fault_oom_tokens=oom_tokens, fault_hang_s=hang_s, fault_poison_id=vocab[POISON],
+                  fault_crash_id=vocab[CRASH], fault_nan_reduced=nan_reduced)
     (path / "config.json").write_text(json.dumps(config, indent=2))
     (path / "fault_bert.py").write_text(_CODE)
     return path

@@ -39,7 +39,8 @@ def status_text(status: JobStatus, chunks: dict[int, dict[str, Any]], bar: str |
     counts = chunk_counts(s, chunks)
     running_on = _running_on(chunks)
     lines = [
-        f"job {s.job_id}: {s.state.value} · {s.task} · {s.model}",
+        f"job {s.job_id}: {s.state.value} · {s.task} · {s.model}" + (f" · {s.dtype}" if s.dtype else "")
+        + (f" ({s.exact_batches} batches again in float32)" if s.exact_batches else ""),
         f"{bar if bar is not None else ascii_bar(fraction)} {fraction:4.0%}  {finished}/{s.rows_total} rows",
         f"rows/s {s.rows_per_second:.1f} · ETA {eta} · elapsed {s.elapsed:.1f} s · errors {s.rows_failed} rows"
         + (f" · truncated {s.rows_truncated} rows" if s.rows_truncated else ""),

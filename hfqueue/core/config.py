@@ -105,7 +105,8 @@ class Settings(BaseSettings):
     device: str = Field(
         "auto", description="Device the worker runs models on: auto (CUDA when present), cpu, cuda, cuda:N."
     )
-    dtype: Dtype = Field("auto", description="Weights dtype: auto, float32, float16 or bfloat16.")
+    dtype: Dtype = Field("auto", description="Precision: auto (bfloat16, else float16, on CUDA; float32 on CPU), "
+                         "float32, float16 or bfloat16.")
     device_map: Literal["auto"] | None = Field(
         None, description="auto: load each model with accelerate's device_map='auto', spread over every GPU the worker "
         "sees and CPU memory (models larger than one GPU); such a worker owns all its GPUs, so not with `hfq worker "

@@ -27,6 +27,9 @@ class Hooks:
     def oom_split(self, task: str, model: str) -> None:
         """A batch ran out of device memory and was split."""
 
+    def exact_fallback(self, task: str, model: str) -> None:
+        """A reduced-precision batch came out NaN or inf and ran again in float32."""
+
     def rows_done(self, task: str, model: str, *, ok: int, failed: int, truncated: int = 0) -> None:
         """A set of rows (a chunk, or gathered lane entries) ran: ``ok`` gave outputs, ``failed`` went to errors;
         ``truncated`` of the ``ok`` rows were cut to the model's input limit."""

@@ -72,7 +72,8 @@ class JobSpec(BaseModel):
     chunk_size: int | None = Field(None, gt=0, description="Rows per chunk; default HFQ_CHUNK_SIZE.")
     options: dict[str, Any] = Field(default_factory=dict, description="Task options, e.g. {'pooling': 'cls'}.")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] | None = Field(
-        None, description="Weights dtype; default HFQ_DTYPE."
+        None, description="Precision the model runs in (auto: bfloat16/float16 on CUDA, float32 on CPU); "
+                          "default HFQ_DTYPE."
     )
     quantization: Literal["8bit", "4bit"] | None = Field(
         None, description="Load weights quantized with bitsandbytes (CUDA workers with bitsandbytes only).")
@@ -203,6 +204,8 @@ class JobStatus(BaseModel):
     finished_at: float | None = None
     output_dir: str
     error: str | None = None
+    dtype: str | None = None  # the precision the model ran in (known once a chunk ran; hfqueue.tasks.precision)
+    exact_batches: int = 0  # reduced-precision batches that came out NaN or inf and ran again in float32
 
     @property
     def elapsed(self) -> float:

@@ -32,6 +32,8 @@ def write(store: JobStore, job_id: str) -> dict[str, Any]:
         rows_failed=status.rows_failed,
         rows_truncated=status.rows_truncated,
         resolved=json.loads(rec["resolved"]) if rec.get("resolved") else None,
+        dtype=status.dtype,
+        exact_batches=status.exact_batches,
         chunks_total=status.chunks_total,
         chunks_done=status.chunks_done,
         chunks_failed=status.chunks_failed,

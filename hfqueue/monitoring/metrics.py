@@ -71,6 +71,8 @@ class PrometheusHooks(Hooks):
         self.resident = Gauge("hfq_models_resident", "Models resident in the serving process", ["worker"],
                               registry=r)
         self.ooms = Counter("hfq_oom_splits", "Batches split after running out of device memory", _MODEL, registry=r)
+        self.exact = Counter("hfq_exact_fallbacks", "Reduced-precision batches that came out NaN or inf and ran again "
+                             "in float32", _MODEL, registry=r)
         self.errors = Counter("hfq_errors", "Errors, by kind (row: one row to the error file; chunk: a whole chunk "
                               "failed; job: a job failed as a whole)", [*_MODEL, "kind"], registry=r)
         self.chunks = Counter("hfq_chunks", "Chunks whose outcome this process wrote", [*_MODEL, "outcome"],
@@ -91,6 +93,9 @@ class PrometheusHooks(Hooks):
 
     def oom_split(self, task: str, model: str) -> None:
         self.ooms.labels(task, model, self.worker).inc()
+
+    def exact_fallback(self, task: str, model: str) -> None:
+        self.exact.labels(task, model, self.worker).inc()
 
     def rows_done(self, task: str, model: str, *, ok: int, failed: int, truncated: int = 0) -> None:
         self.truncated.labels(task, model, self.worker).inc(truncated)

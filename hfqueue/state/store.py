@@ -118,6 +118,7 @@ class JobStore:
             chunks_done=int(rec["chunks_done"]), chunks_failed=int(rec["chunks_failed"]),
             created_at=float(rec["created_at"]), started_at=_float(rec.get("started_at")),
             finished_at=_float(rec.get("finished_at")), output_dir=rec["output_dir"], error=rec.get("error") or None,
+            dtype=rec.get("dtype") or None, exact_batches=int(rec.get("exact_batches") or 0),
         )
 
     def fields(self, job_id: str, *names: str) -> list[str | None]:
@@ -204,6 +205,10 @@ class JobStore:
         pubsub = self._r.pubsub(ignore_subscribe_messages=True)
         pubsub.subscribe(Keys.events(job_id))
         return pubsub
+
+    def add(self, job_id: str, name: str, amount: int) -> None:
+        """Add ``amount`` to a counter field of the job record."""
+        self._r.hincrby(Keys.job(job_id), name, amount)
 
     def set_fields(self, job_id: str, **fields: Any) -> None:
         """Set plain fields of the job record (e.g. the resolved model revision)."""

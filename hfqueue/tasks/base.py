@@ -44,6 +44,7 @@ class LoadedModel:
     peft: Any = None  # the PEFT adapters applied to it, once a job named one (hfqueue.worker.peft_adapters)
     broken: bool = False  # a PEFT adapter that failed half-applied left it unusable: the cache loads it again
     max_tokens: int | None = None  # the model's own input limit (tokenizer, positions, max_seq_length); None: none
+    dtype: str = ""  # the precision it runs in (hfqueue.tasks.precision; set by the cache)
 
 
 class Task:

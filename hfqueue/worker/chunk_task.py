@@ -121,7 +121,7 @@ def _run_chunk(ctx: WorkerContext, hostname: str, message: ChunkMessage) -> dict
         device = resolve_device(ctx.settings.device)
         loaded, results = ctx.run(spec, rows, device, max_batch_tokens=ctx.budget(job_id, str(spec.model), device),
                                   should_stop=lambda: ctx.store.state(job_id) != JobState.RUNNING)
-        chunks.record_model(ctx, job_id, spec, loaded)
+        chunks.record_model(ctx, job_id, spec, loaded, results)
     except BatchStopped:
         logger.info("job %s chunk %d stopped: job is %s", job_id, chunk.index, ctx.store.state(job_id))
         return {"stopped": chunk.index}

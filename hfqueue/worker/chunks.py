@@ -82,12 +82,15 @@ def complete(ctx: WorkerContext, job_id: str, spec: JobSpec, source: Source, chu
                   rows_truncated=results.rows_truncated, info={"state": "done", **info})
 
 
-def record_model(ctx: WorkerContext, job_id: str, spec: JobSpec, loaded: LoadedModel) -> None:
-    """Record in the job what its model resolved to: the revision it loaded, and what the task took from the
-    model (pooling, normalization, prompt, input limit, ...), for the manifest."""
+def record_model(ctx: WorkerContext, job_id: str, spec: JobSpec, loaded: LoadedModel, results: RowResults) -> None:
+    """Record in the job what its model resolved to: the revision it loaded, the precision it ran in (and the
+    batches that ran again in float32), and what the task took from the model (pooling, normalization, prompt,
+    input limit, ...), for the manifest and the status."""
     resolved = tasks.get(spec.task).resolved(loaded, spec.options, ctx.settings.max_length)
-    ctx.store.set_fields(job_id, resolved={**resolved, "truncate": spec.truncate},
-                         **({"model_revision": loaded.revision} if loaded.revision else {}))
+    ctx.store.set_fields(job_id, resolved={**resolved, "truncate": spec.truncate, "dtype": loaded.dtype},
+                         dtype=loaded.dtype, **({"model_revision": loaded.revision} if loaded.revision else {}))
+    if results.exact_batches:
+        ctx.store.add(job_id, "exact_batches", results.exact_batches)
 
 
 def result_table(task: tasks.Task, spec: JobSpec, source: Source, chunk: Chunk, rows: list[Any],

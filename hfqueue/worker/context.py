@@ -6,6 +6,7 @@ model is loaded once and both take turns on it batch by batch.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from hfqueue.core.jobs import JobSpec
 from hfqueue.errors import InvalidSpecError, ModelLoadError
 from hfqueue.state.store import JobStore
 from hfqueue.tasks.base import LoadedModel
+from hfqueue.tasks.precision import REDUCED, resolve_dtype
 from hfqueue.worker.batching import TokenBudget
 from hfqueue.worker.models import ModelCache
 from hfqueue.worker.peft_adapters import Activation, adapters_of
@@ -73,10 +75,10 @@ class WorkerContext:
                     paths.check_model_path(name, self.settings.input_roots, what=what)
             except InvalidSpecError as exc:
                 raise ModelLoadError(f"this worker refuses the {what}: {exc}", value=name) from None
+        dtype = resolve_dtype(spec.dtype or self.settings.dtype, device)
         with self.lock:
-            loaded = self.models.get(task, str(spec.model), revision=spec.revision, device=device,
-                                     dtype=spec.dtype or self.settings.dtype, quantization=spec.quantization,
-                                     trust_remote_code=spec.trust_remote_code)
+            loaded = self.models.get(task, str(spec.model), revision=spec.revision, device=device, dtype=dtype,
+                                     quantization=spec.quantization, trust_remote_code=spec.trust_remote_code)
             if spec.adapter is not None:  # applied now, so an adapter that does not fit fails before any row runs
                 adapters_of(loaded, self.settings.adapter_cache_size).name(spec.adapter)
             return loaded
@@ -90,11 +92,16 @@ class WorkerContext:
         task = tasks.get(spec.task)
         loaded = self.model(task, spec, device)
         turn = Activation(self.lock, loaded, spec.adapter, self.settings.adapter_cache_size)
+        # A reduced-precision batch that comes out NaN or inf runs again on a float32 copy of the model. Not with a
+        # PEFT adapter: the turn sets adapters on this copy only, so such rows fail with the reason instead.
+        exact = None
+        if loaded.dtype in REDUCED and spec.adapter is None:
+            exact = functools.partial(self.model, task, spec.model_copy(update={"dtype": "float32"}), device)
         results = infer_rows(task, loaded, rows, spec.options, max_batch_size=self.settings.max_batch_size,
                              max_batch_tokens=max_batch_tokens, max_length=self.settings.max_length,
                              truncate=spec.truncate,
                              should_stop=should_stop, lock=turn, prefetch=self.settings.prefetch(device),
-                             hooks=self.hooks)
+                             hooks=self.hooks, exact=exact)
         self.hooks.rows_done(task.name, loaded.name, ok=len(rows) - len(results.errors), failed=len(results.errors),
                              truncated=results.rows_truncated)
         return loaded, results

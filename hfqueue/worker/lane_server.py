@@ -144,10 +144,11 @@ def _serve(ctx: WorkerContext, lane: Lane, device: str, group: list[Entry]) -> N
         n = entry.rows
         part = RowResults(results.outputs[start:start + n],
                           {i - start: e for i, e in results.errors.items() if start <= i < start + n},
-                          {i - start for i in results.truncated if start <= i < start + n})
+                          {i - start for i in results.truncated if start <= i < start + n},
+                          results.exact_batches)  # the group's passes were shared: each job counts them
         info = {"seconds": round(seconds, 4), "batched_with": len(live), "worker": lane.consumer}
         if entry.body.job is not None:
-            chunks.record_model(ctx, entry.body.job.job_id, spec, loaded)
+            chunks.record_model(ctx, entry.body.job.job_id, spec, loaded, part)
             _complete_job(ctx, entry, entry.body.job, part, info)
         else:
             _reply(ctx, entry, part.outputs, part.errors, info)

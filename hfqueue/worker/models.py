@@ -73,7 +73,7 @@ class ModelCache:
         loaded = task.load(model, revision=revision, device=device, dtype=dtype, quantization=quantization,
                               trust_remote_code=trust_remote_code, device_map=self.device_map,
                               max_memory=self.max_memory)
-        loaded.name = model
+        loaded.name, loaded.dtype = model, dtype
         seconds = time.perf_counter() - started
         self.loads += 1
         where = ", ".join(loaded.devices) or device

@@ -24,6 +24,7 @@ from hfqueue.core.hooks import Hooks
 from hfqueue.errors import HfqError, ModelLoadError
 from hfqueue.tasks.base import LoadedModel, Task
 from hfqueue.tasks.limits import TokenLimit
+from hfqueue.tasks.precision import REDUCED, non_finite
 from hfqueue.worker.batching import TokenBudget, plan_batches
 from hfqueue.worker.models import free_device_memory
 
@@ -42,6 +43,7 @@ class RowResults:
     outputs: list[dict[str, Any] | None]
     errors: dict[int, tuple[str, str]] = field(default_factory=dict)
     truncated: set[int] = field(default_factory=set)
+    exact_batches: int = 0  # reduced-precision batches that came out NaN or inf and ran again in float32
 
     @property
     def rows_truncated(self) -> int:
@@ -53,7 +55,7 @@ def infer_rows(task: Task, loaded: LoadedModel, rows: list[Any], options: dict[s
                max_batch_size: int, max_batch_tokens: int | TokenBudget, max_length: int, truncate: bool = True,
                should_stop: Callable[[], bool] = lambda: False,
                lock: AbstractContextManager[Any] | None = None, prefetch: bool = False,
-               hooks: Hooks | None = None) -> RowResults:
+               hooks: Hooks | None = None, exact: Callable[[], LoadedModel] | None = None) -> RowResults:
     """Outputs for ``rows`` in their order, and the error of each row that failed.
 
     ``lock`` is held around each forward pass, so two threads sharing a model take turns batch by batch.
@@ -67,9 +69,13 @@ def infer_rows(task: Task, loaded: LoadedModel, rows: list[Any], options: dict[s
 
     Rows longer than ``max_length`` or the model's own limit are cut to it and listed in ``truncated``; with
     ``truncate=False`` each such row fails alone instead.
+
+    ``exact`` gives a float32 copy of a reduced-precision model: a batch whose outputs hold NaN or inf runs again
+    on it, and so do the batches after it. Without one, such a batch's rows fail, saying so.
     """
     budget = max_batch_tokens if isinstance(max_batch_tokens, TokenBudget) else TokenBudget(max_batch_tokens)
     results = RowResults([None] * len(rows))
+    models = Models(loaded, exact)
     tokens = task.input_limit(loaded, options, max_length)
     features = _prepare(task, loaded, rows, options, TokenLimit(tokens, truncate), results)
     lengths = {i: task.length(features[i]) for i in range(len(rows)) if i not in results.errors}
@@ -81,7 +87,7 @@ def infer_rows(task: Task, loaded: LoadedModel, rows: list[Any], options: dict[s
             for k, batch in enumerate(batches):
                 if should_stop():
                     raise BatchStopped("stopped at a batch boundary")
-                _run(task, loaded, batch, features, options, results, budget, lengths, lock or nullcontext(),
+                _run(task, models, batch, features, options, results, budget, lengths, lock or nullcontext(),
                      hooks or Hooks(), ready=collated.get(k))
                 ran.update(batch)
                 if budget.tokens != tokens:
@@ -146,10 +152,28 @@ class _Collated:
             self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _run(task: Task, loaded: LoadedModel, index: list[int], features: list[Any],
+class Models:
+    """The model a call's rows run on: the loaded one, or its float32 copy once a reduced-precision batch came out
+    NaN or inf (:mod:`hfqueue.tasks.precision`)."""
+
+    def __init__(self, loaded: LoadedModel, exact: Callable[[], LoadedModel] | None) -> None:
+        self.loaded = self.current = loaded
+        self._exact = exact
+
+    def exact(self) -> LoadedModel | None:
+        """Switch to the float32 copy (loaded on first use); None when there is none to switch to."""
+        if self._exact is None or self.current is not self.loaded:
+            return None
+        self.current = self._exact()
+        return self.current
+
+
+def _run(task: Task, models: Models, index: list[int], features: list[Any],
          options: dict[str, Any], results: RowResults, budget: TokenBudget, lengths: dict[int, int],
          lock: AbstractContextManager[Any], hooks: Hooks, ready: Any = None) -> None:
+    loaded = models.current
     try:
+        ready = ready if loaded is models.loaded else None  # collated ahead for the model it no longer runs on
         batch = ready if ready is not None else task.collate(loaded, [features[i] for i in index])
         with lock:
             started = time.perf_counter()
@@ -157,6 +181,23 @@ def _run(task: Task, loaded: LoadedModel, index: list[int], features: list[Any],
             seconds = time.perf_counter() - started
         if len(outputs) != len(index):
             raise HfqError(f"task {task.name!r} returned {len(outputs)} outputs for {len(index)} inputs")
+        if loaded.dtype in REDUCED and any(non_finite(out) for out in outputs):
+            exact = models.exact()
+            if exact is None:
+                why = (f"the model's {loaded.dtype} outputs hold NaN or inf for this batch (an overflow float32 "
+                       "does not have): run the job with dtype float32")
+                results.errors.update({i: ("NonFiniteOutput", why) for i in index})
+                return
+            logger.warning("%s: a %s batch of %d rows came out NaN or inf; running it, and the rest of these rows, "
+                           "in float32", loaded.name, loaded.dtype, len(index))
+            hooks.exact_fallback(task.name, loaded.name)
+            results.exact_batches += 1
+            loaded = exact
+            batch = task.collate(loaded, [features[i] for i in index])
+            with lock:
+                started = time.perf_counter()
+                outputs = task.forward(loaded, batch, options)
+                seconds = time.perf_counter() - started
     except (ModelLoadError, SoftTimeLimitExceeded):  # the model or the chunk's time is at fault, not a row
         raise
     except Exception as exc:  # noqa: BLE001 - find the rows that fail by halving the batch
@@ -171,8 +212,8 @@ def _run(task: Task, loaded: LoadedModel, index: list[int], features: list[Any],
             results.errors[index[0]] = _describe(exc)
             return
         half = len(index) // 2
-        _run(task, loaded, index[:half], features, options, results, budget, lengths, lock, hooks)
-        _run(task, loaded, index[half:], features, options, results, budget, lengths, lock, hooks)
+        _run(task, models, index[:half], features, options, results, budget, lengths, lock, hooks)
+        _run(task, models, index[half:], features, options, results, budget, lengths, lock, hooks)
         return
     hooks.batch_done(task.name, loaded.name, rows=len(index), real_tokens=sum(lengths[i] for i in index),
                      padded_tokens=max(lengths[i] for i in index) * len(index), seconds=seconds)

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import requests
 from pydantic import SecretStr
@@ -106,6 +107,33 @@ def test_metrics_move_by_the_rows_a_job_ran(monitored: Monitored, slow_model: Pa
     assert total(after, "process_resident_memory_bytes") > 0
     # and no series is labelled by job
     assert not any(dict(ls).get("job_id") or job.id in str(ls) for _, ls in after)
+
+
+def test_a_bfloat16_batch_that_comes_out_nan_runs_again_in_float32_and_is_counted(
+        monitored: Monitored, tmp_path: Path) -> None:
+    # given a model whose hidden states overflow to NaN in bfloat16 (as some do), and its float32 outputs
+    m = monitored
+    model = build_fault_encoder(tmp_path / "nan-in-bf16", nan_reduced=True)
+    texts = sentences(24)
+    exact = m.client.submit(task="feature-extraction", model=str(model), inputs=texts, trust_remote_code=True)
+    exact_vectors = np.array(exact.result(timeout=60)["embedding"])
+    before = m.metrics()
+
+    # when the same rows run as a job that asks for bfloat16
+    job = m.client.submit(task="feature-extraction", model=str(model), inputs=texts, trust_remote_code=True,
+                          dtype="bfloat16", chunk_size=12)
+    vectors = np.array(job.result(timeout=60)["embedding"])
+
+    # then every row has its float32 vector (no NaN written), and the job, its manifest and the metrics say so
+    status = job.status()
+    assert np.isfinite(vectors).all() and np.allclose(vectors, exact_vectors, atol=1e-5)
+    assert (exact.status().dtype, status.dtype) == ("float32", "bfloat16")  # auto is float32 on a CPU
+    assert status.exact_batches >= 2 and status.rows_failed == 0
+    manifest = json.loads((job.output_dir / "manifest.json").read_text())
+    assert (manifest["dtype"], manifest["exact_batches"]) == ("bfloat16", status.exact_batches)
+    moved = wait_for(lambda: total(m.metrics(), "hfq_exact_fallbacks_total", model=str(model))
+                     - total(before, "hfq_exact_fallbacks_total", model=str(model)), 10, "the fallback metric")
+    assert moved == status.exact_batches
 
 
 def test_flower_lists_the_worker_and_readable_chunk_tasks(monitored: Monitored, slow_model: Path) -> None:

@@ -1,6 +1,6 @@
 """The runner on its own: order restored, bad rows isolated by halving, job-level errors raised.
 
-The adapter here is a plain function over strings, not a model: what is under test is the runner's
+The task here is a plain function over strings, not a model: what is under test is the runner's
 bookkeeping, which is the same whatever the model is.
 """
 
@@ -47,8 +47,8 @@ class Upper(Task):
 LOADED = LoadedModel(model=None, tokenizer=None, device="cpu", revision=None)
 
 
-def run(adapter: Upper, rows: list[str], **kwargs: Any) -> Any:
-    return infer_rows(adapter, LOADED, rows, {}, max_batch_size=4, max_batch_tokens=1000, max_length=64, **kwargs)
+def run(task: Upper, rows: list[str], **kwargs: Any) -> Any:
+    return infer_rows(task, kwargs.pop("loaded", LOADED), rows, {}, max_batch_size=4, max_batch_tokens=1000, max_length=64, **kwargs)
 
 
 def test_outputs_come_back_in_input_order_across_length_sorted_batches() -> None:
@@ -64,15 +64,15 @@ def test_a_failing_row_is_isolated_and_the_rest_of_its_batch_succeeds() -> None:
     # given nine rows, one of which makes its batch raise
     rows = [f"row{i}" for i in range(9)]
     rows[5] = "bad"
-    adapter = Upper()
+    task = Upper()
 
     # when they run
-    result = run(adapter, rows)
+    result = run(task, rows)
 
     # then only that row failed, with the error, and every other row has its output
     assert result.errors == {5: ("RuntimeError", "bad row in batch")}
     assert [o and o["out"] for o in result.outputs] == [r.upper() if r != "bad" else None for r in rows]
-    assert ["bad"] in adapter.batches  # it was narrowed down to a batch of its own
+    assert ["bad"] in task.batches  # it was narrowed down to a batch of its own
 
 
 def test_a_row_that_cannot_be_prepared_fails_alone() -> None:
@@ -87,10 +87,10 @@ def test_a_job_level_error_is_raised_not_filed_as_a_row_error() -> None:
 
 
 def test_should_stop_stops_at_a_batch_boundary() -> None:
-    adapter = Upper()
+    task = Upper()
     with pytest.raises(BatchStopped):
-        run(adapter, [f"r{i}" for i in range(12)], should_stop=lambda: len(adapter.batches) >= 1)
-    assert len(adapter.batches) == 1
+        run(task, [f"r{i}" for i in range(12)], should_stop=lambda: len(task.batches) >= 1)
+    assert len(task.batches) == 1
 
 
 class OutOfMemoryAbove(Upper):
@@ -109,18 +109,18 @@ class OutOfMemoryAbove(Upper):
 
 def test_out_of_memory_splits_the_batch_and_shrinks_the_budget_for_later_batches() -> None:
     # given rows of 10 characters, batches of up to 8 (80 tokens), and memory for 30 tokens at once
-    adapter, budget = OutOfMemoryAbove(limit=30), TokenBudget(1000, floor=10)
+    task, budget = OutOfMemoryAbove(limit=30), TokenBudget(1000, floor=10)
     rows = [f"row-{i:06d}" for i in range(24)]
 
     # when they run with a shared budget
-    result = infer_rows(adapter, LOADED, rows, {}, max_batch_size=8, max_batch_tokens=budget, max_length=64)
+    result = infer_rows(task, LOADED, rows, {}, max_batch_size=8, max_batch_tokens=budget, max_length=64)
 
     # then every row succeeds, the budget dropped to what fits, and after the first failure no batch
     # was planned over it again
     assert result.errors == {} and [o["out"] for o in result.outputs] == [r.upper() for r in rows]
     assert budget.tokens <= 30
-    first_fit = next(i for i, b in enumerate(adapter.batches) if 10 * len(b) <= 30)
-    assert all(10 * len(b) <= 40 for b in adapter.batches[first_fit:])
+    first_fit = next(i for i, b in enumerate(task.batches) if 10 * len(b) <= 30)
+    assert all(10 * len(b) <= 40 for b in task.batches[first_fit:])
 
 
 def test_a_row_too_big_for_memory_alone_fails_with_the_out_of_memory_error() -> None:
@@ -159,3 +159,40 @@ def test_a_batch_that_cannot_be_collated_ahead_still_isolates_its_bad_row() -> N
     # then only that row fails, with the collation error, and the others get their outputs
     assert result.errors == {1: ("ValueError", "cannot collate")}
     assert [o and o["out"] for o in result.outputs] == ["ABC", None, "DE", "FGHIJ", "K", "LMNOPQ"]
+
+
+class Overflowing(Upper):
+    """Gives NaN for every row when the model runs in bfloat16, as a model whose activations overflow there does."""
+
+    def forward(self, loaded: LoadedModel, batch: Any, options: dict[str, Any]) -> list[dict[str, Any]]:
+        self.batches.append(batch)
+        nan = loaded.dtype == "bfloat16"
+        return [{"out": row.upper(), "score": float("nan") if nan else 1.0} for row in batch]
+
+
+def test_a_reduced_precision_batch_that_comes_out_nan_runs_again_and_the_rest_follow_on_float32() -> None:
+    # given a model in bfloat16 that overflows, and its float32 copy to fall back on
+    task, copies = Overflowing(), []
+    half = LoadedModel(model=None, tokenizer=None, device="cpu", revision=None, dtype="bfloat16")
+
+    def exact() -> LoadedModel:
+        copies.append(LoadedModel(model=None, tokenizer=None, device="cpu", revision=None, dtype="float32"))
+        return copies[-1]
+
+    # when 9 rows run in batches of 4
+    result = run(task, [f"row {i}" for i in range(9)], loaded=half, exact=exact)
+    # then only the first batch ran in bfloat16 (and again), the copy was made once, and no row holds a NaN
+    assert len(copies) == 1 and result.exact_batches == 1
+    assert len(task.batches) == 3 + 1 and result.errors == {}
+    assert all(o is not None and o["score"] == 1.0 for o in result.outputs)
+
+
+def test_without_a_float32_copy_the_overflowing_rows_fail_saying_why() -> None:
+    # given a bfloat16 model that overflows and no float32 copy (a job with a PEFT task)
+    half = LoadedModel(model=None, tokenizer=None, device="cpu", revision=None, dtype="bfloat16")
+    # when rows run
+    result = run(Overflowing(), ["a", "b", "c"], loaded=half)
+    # then each fails with the reason and the fix, and none has an output
+    assert result.outputs == [None] * 3
+    assert {kind for kind, _ in result.errors.values()} == {"NonFiniteOutput"}
+    assert "dtype float32" in result.errors[0][1]
