@@ -39,6 +39,7 @@ class JobOut(BaseModel):
     rows_total: int
     rows_done: int
     rows_failed: int
+    rows_truncated: int = 0
     chunks_total: int
     chunks_done: int
     chunks_failed: int
@@ -47,6 +48,8 @@ class JobOut(BaseModel):
     finished_at: float | None
     output_dir: str
     error: str | None
+    dtype: str | None = None
+    exact_batches: int = 0
     rows_per_second: float
     eta_seconds: float | None
     elapsed_seconds: float
