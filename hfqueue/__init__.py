@@ -9,9 +9,19 @@
 from hfqueue.client import Client
 from hfqueue.core.config import Settings
 from hfqueue.core.jobs import JobSpec, JobState, JobStatus
-from hfqueue.errors import (BrokerUnavailableError, ConfigError, HfqError, InvalidSpecError, JobCancelledError,
-                            JobFailedError, JobNotFoundError, ModelLoadError, PublishError, SourceNotFoundError,
-                            WaitTimeoutError)
+from hfqueue.errors import (
+                            BrokerUnavailableError,
+                            ConfigError,
+                            HfqError,
+                            InvalidSpecError,
+                            JobCancelledError,
+                            JobFailedError,
+                            JobNotFoundError,
+                            ModelLoadError,
+                            PublishError,
+                            SourceNotFoundError,
+                            WaitTimeoutError,
+)
 from hfqueue.producer.client import Job
 
 __all__ = [

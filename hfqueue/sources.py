@@ -142,7 +142,8 @@ def check_source(source: Source, roots: Sequence[Path]) -> None:
         paths.check_readable(source.path, roots, "dataset folder")
     if source.kind == "files":
         if source.builder not in set(_BUILDERS.values()):
-            raise InvalidSpecError(f"data files builder {source.builder!r} is not one of {sorted(set(_BUILDERS.values()))}",
+            known = sorted(set(_BUILDERS.values()))
+            raise InvalidSpecError(f"data files builder {source.builder!r} is not one of {known}",
                                    value=source.builder)
         for file in source.data_files or []:
             if "://" in file:  # datasets would fetch it; a submitted job only ever names local files

@@ -89,7 +89,8 @@ def settings(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
     roots = [tmp_path_factory.getbasetemp(), *([minilm_path()] if minilm_installed() else [])]
     # metrics_port 0: many workers share this host; tests of the metrics endpoint give theirs a free port.
     return Settings(broker_url=redis_server.url, output_root=base / "results", state_dir=base / "state",
-                    input_roots=roots, chunk_size=16, max_batch_size=8, max_batch_tokens=1024, metrics_port=0)
+                    input_roots=roots, chunk_size=16, max_batch_size=8, max_batch_tokens=1024, metrics_port=0,
+                    engine_cache=base / "engines")
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from hfqueue.core.files import atomic_open
+from hfqueue.files import atomic_open
 
 BLOCK = 1 << 20
 

@@ -128,6 +128,7 @@ def _spec_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--public", action="store_true", help="create the --output Hub repo public (default: private)")
     p.add_argument("--chunk-size", type=int, help="rows per chunk (default: HFQ_CHUNK_SIZE)")
     p.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"])
+    p.add_argument("--engine", choices=["torch", "onnx", "onnx-int8"], help="engine the model body runs on (encoder tasks)")
     p.add_argument("--quantization", choices=["8bit", "4bit"], help="load weights quantized (CUDA workers only)")
     p.add_argument("--priority", choices=["high", "normal", "low"], help="queued chunks of higher priority run first "
                    "(default normal)")

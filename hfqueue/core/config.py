@@ -107,6 +107,11 @@ class Settings(BaseSettings):
     )
     dtype: Dtype = Field("auto", description="Precision: auto (bfloat16, else float16, on CUDA; float32 on CPU), "
                          "float32, float16 or bfloat16.")
+    engine: Literal["torch", "onnx", "onnx-int8"] = Field(
+        "torch", description="Engine a job's model body runs on when the job names none and its task has it: torch, "
+                             "onnx (ONNX Runtime, float32) or onnx-int8 (needs hfqueue[onnx]).")
+    engine_cache: Path = Field(Path("~/.cache/hfqueue/engines"), description="Folder of exported engine artifacts, "
+                               "shared by the workers of a host (built once per model, revision and engine).")
     device_map: Literal["auto"] | None = Field(
         None, description="auto: load each model with accelerate's device_map='auto', spread over every GPU the worker "
         "sees and CPU memory (models larger than one GPU); such a worker owns all its GPUs, so not with `hfq worker "

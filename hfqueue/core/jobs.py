@@ -75,6 +75,9 @@ class JobSpec(BaseModel):
         None, description="Precision the model runs in (auto: bfloat16/float16 on CUDA, float32 on CPU); "
                           "default HFQ_DTYPE."
     )
+    engine: Literal["torch", "onnx", "onnx-int8"] | None = Field(
+        None, description="Engine the model body runs on: torch, onnx (ONNX Runtime, float32) or onnx-int8; default "
+                          "HFQ_ENGINE where the task has it. Encoder tasks only; verified against torch at load.")
     quantization: Literal["8bit", "4bit"] | None = Field(
         None, description="Load weights quantized with bitsandbytes (CUDA workers with bitsandbytes only).")
     trust_remote_code: bool = Field(False, description="Run code shipped with the model (worker must allow it).")
@@ -112,6 +115,9 @@ class JobSpec(BaseModel):
         if len(self.columns) == 1:
             self.column = self.columns[task.fields[0]]
         self.options = task.validate_options(self.options)
+        problem = _engine_problem(self, task.engines)
+        if problem:
+            raise ValueError(problem)
         for i, row in enumerate(self.inputs or []):
             problem = task.row_problem(row)
             if problem:
@@ -237,3 +243,18 @@ class JobStatus(BaseModel):
             elapsed_seconds=round(self.elapsed, 2),
         )
         return out
+
+
+def _engine_problem(spec: JobSpec, engines: tuple[str, ...]) -> str | None:
+    """Why the spec's ``engine`` cannot run it, or None."""
+    if spec.engine in (None, "torch"):
+        return None
+    if spec.engine not in engines:
+        return f"engine {spec.engine!r} cannot run task {spec.task!r}; it runs on {', '.join(engines)}"
+    clash = [f"{name}={value!r}" for name, value in (("adapter", spec.adapter), ("quantization", spec.quantization))
+             if value is not None]
+    if spec.dtype in ("float16", "bfloat16"):
+        clash.append(f"dtype={spec.dtype!r}")
+    if clash:
+        return f"engine {spec.engine!r} runs an export of the float32 model alone; drop {' and '.join(clash)}"
+    return None

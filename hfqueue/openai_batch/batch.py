@@ -65,7 +65,8 @@ def submit(client: Client, lines: Iterable[str], *, input_file: str, endpoint: s
     batch_id = f"batch_{secrets.token_hex(12)}"
     folder = check_output_dir(settings.output_root, batch_id)
     requests, invalid = parse_lines(lines, endpoint)
-    record = {"state": BatchState.VALIDATING.value, "endpoint": endpoint or _endpoint(requests), "input_file": input_file,
+    record = {"state": BatchState.VALIDATING.value, "endpoint": endpoint or _endpoint(requests),
+              "input_file": input_file,
               "completion_window": completion_window, "metadata": metadata or {}, "output_dir": str(folder),
               "created_at": time.time(), "lines_total": len(requests) + len(invalid), "jobs": [],
               **({"owner": owner} if owner else {})}

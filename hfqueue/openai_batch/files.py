@@ -18,8 +18,8 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from hfqueue import tasks
-from hfqueue.core.files import atomic_open
 from hfqueue.core.jobs import JobState
+from hfqueue.files import atomic_open
 from hfqueue.openai_batch.requests import LineError, Request
 from hfqueue.openai_batch.responses import failed_line, invalid_line, output_line
 from hfqueue.sinks.local import ROW_INDEX, error_files, part_files

@@ -20,8 +20,8 @@ from typing import Any, NamedTuple
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from hfqueue.core.files import atomic_open, atomic_path
 from hfqueue.core.paths import check_output_dir
+from hfqueue.files import atomic_open, atomic_path
 
 ROW_INDEX = "row_idx"
 MANIFEST = "manifest.json"

@@ -15,8 +15,8 @@ import tempfile
 from pathlib import Path
 
 from hfqueue.core.destinations import Destination
-from hfqueue.core.files import atomic_path
 from hfqueue.errors import PublishError
+from hfqueue.files import atomic_path
 from hfqueue.sinks.hub import Report
 from hfqueue.sinks.retry import retry, short
 from hfqueue.sinks.shards import Shard

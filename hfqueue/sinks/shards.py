@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from hfqueue.core.files import atomic_path, atomic_text
+from hfqueue.files import atomic_path, atomic_text
 from hfqueue.sinks.local import error_files, part_files
 
 STAGING = ".publish"

@@ -29,8 +29,8 @@ from typing import Any
 
 import redis
 
-from hfqueue.core.files import atomic_text
 from hfqueue.errors import BrokerUnavailableError
+from hfqueue.files import atomic_text
 from hfqueue.state.redis_server import (
     HOST,
     POLL_S,

@@ -228,7 +228,8 @@ def _float(value: str | None) -> float | None:
     return float(value) if value else None
 
 
-def move(script: Script, key: str, new: str, allowed_from: tuple[str, ...], time_field: str = "", **fields: Any) -> bool:
+def move(script: Script, key: str, new: str, allowed_from: tuple[str, ...], time_field: str = "",
+         **fields: Any) -> bool:
     """Run the registered :data:`TRANSITION_LUA` ``script`` on the record hash at ``key`` (a job's, a batch's)."""
     pairs = [x for k, v in fields.items() for x in (k, encode(v))]
     return script(keys=[key], args=[new, time_field, time.time(), len(allowed_from), *allowed_from, *pairs]) == 1

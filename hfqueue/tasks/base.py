@@ -57,6 +57,8 @@ class Task:
 
     name: ClassVar[str]
     aliases: ClassVar[tuple[str, ...]] = ()
+    # What its body may run on (hfqueue.tasks.engines): encoder tasks whose forward calls the body once add onnx.
+    engines: ClassVar[tuple[str, ...]] = ("torch",)
     Options: ClassVar[type[BaseModel]] = NoOptions
     model_class: ClassVar[str] = "AutoModel"  # attribute of `transformers`, loaded by name
     heads: ClassVar[tuple[str, ...]] = ()  # transformers auto mappings that list fitting architectures

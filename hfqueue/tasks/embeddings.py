@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from hfqueue.errors import ModelLoadError
 from hfqueue.tasks import sentence_models
 from hfqueue.tasks.base import LoadedModel, Task
+from hfqueue.tasks.engines.attach import engine_of, run_body
 from hfqueue.tasks.limits import TokenLimit, model_limit, tokenize
 from hfqueue.tasks.loading import placement, resolved_revision
 
@@ -61,6 +62,7 @@ class FeatureExtraction(Task):
 
     name = "feature-extraction"
     aliases = ("embeddings", "embedding", "sentence-embeddings")
+    engines = ("torch", "onnx", "onnx-int8")
     Options: ClassVar[type[BaseModel]] = EmbeddingOptions
     model_class = "AutoModel"
     # A sentence-transformers model, pinned like the pipelines pin theirs: a batch embedding job wants sentence
@@ -214,12 +216,14 @@ def _run_modules(loaded: LoadedModel, batch: dict[str, Any], pooling: str, norma
     from sentence_transformers.sentence_transformer.modules import Pooling
 
     st = loaded.extra.get("st")
+    body = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
     if st is None:  # a plain transformers model: its last hidden state, pooled by sentence-transformers' Pooling
-        out = loaded.model(**{k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")})
-        features = {"token_embeddings": out.last_hidden_state, "attention_mask": batch["attention_mask"]}
+        features = {"token_embeddings": run_body(loaded, body), "attention_mask": batch["attention_mask"]}
         return features if pooling == "none" else Pooling(features["token_embeddings"].shape[-1], pooling)(features)
-    features = dict(batch)
-    for module in st:
+    features, modules = dict(batch), list(st)
+    if engine_of(loaded) is not None:  # the engine stands in for the Transformer module's forward
+        features["token_embeddings"], modules = run_body(loaded, body), modules[1:]
+    for module in modules:
         if isinstance(module, Pooling):
             if pooling == "none":
                 return features

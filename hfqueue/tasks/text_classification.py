@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from hfqueue.tasks.base import LoadedModel, Task
+from hfqueue.tasks.engines.attach import run_body
 from hfqueue.tasks.limits import TokenLimit, tokenize
 from hfqueue.tasks.loading import read_json
 
@@ -50,6 +51,7 @@ class TextClassification(Task):
 
     name = "text-classification"
     aliases = ("sentiment-analysis",)
+    engines = ("torch", "onnx", "onnx-int8")
     Options: ClassVar[type[BaseModel]] = ClassificationOptions
     model_class = "AutoModelForSequenceClassification"
     heads = ("MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES",)
@@ -94,7 +96,7 @@ class TextClassification(Task):
             multi = config.problem_type == "multi_label_classification" or config.num_labels == 1
             function = loaded.extra.get("activation") or ("sigmoid" if multi else "softmax")
         with torch.inference_mode():
-            logits = loaded.model(**batch).logits.float()
+            logits = run_body(loaded, batch).float()
         scores = {"softmax": logits.softmax(-1), "sigmoid": logits.sigmoid(), "none": logits}[function]
         values, ids = scores.sort(-1, descending=True)
         return [label_row([(config.id2label[int(i)], float(v)) for v, i in zip(vs, is_, strict=True)],

@@ -26,6 +26,7 @@ from hfqueue.errors import HfqError
 from hfqueue.lifecycle import jobs as lifecycle
 from hfqueue.sinks.local import ROW_INDEX, chunk_on_disk, error_table, write_error_part, write_part
 from hfqueue.tasks.base import LoadedModel
+from hfqueue.tasks.engines.attach import engine_of
 from hfqueue.worker.context import WorkerContext
 from hfqueue.worker.runner import RowResults
 
@@ -87,7 +88,9 @@ def record_model(ctx: WorkerContext, job_id: str, spec: JobSpec, loaded: LoadedM
     batches that ran again in float32), and what the task took from the model (pooling, normalization, prompt,
     input limit, ...), for the manifest and the status."""
     resolved = tasks.get(spec.task).resolved(loaded, spec.options, ctx.settings.max_length)
-    ctx.store.set_fields(job_id, resolved={**resolved, "truncate": spec.truncate, "dtype": loaded.dtype},
+    engine = getattr(engine_of(loaded), "engine", "torch")
+    ctx.store.set_fields(job_id, resolved={**resolved, "truncate": spec.truncate, "dtype": loaded.dtype,
+                                           "engine": engine},
                          dtype=loaded.dtype, **({"model_revision": loaded.revision} if loaded.revision else {}))
     if results.exact_batches:
         ctx.store.add(job_id, "exact_batches", results.exact_batches)

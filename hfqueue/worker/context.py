@@ -76,12 +76,22 @@ class WorkerContext:
             except InvalidSpecError as exc:
                 raise ModelLoadError(f"this worker refuses the {what}: {exc}", value=name) from None
         dtype = resolve_dtype(spec.dtype or self.settings.dtype, device)
+        engine = spec.engine or self.default_engine(task, spec, dtype)
         with self.lock:
             loaded = self.models.get(task, str(spec.model), revision=spec.revision, device=device, dtype=dtype,
-                                     quantization=spec.quantization, trust_remote_code=spec.trust_remote_code)
+                                     quantization=spec.quantization, trust_remote_code=spec.trust_remote_code,
+                                     engine=engine, engine_cache=self.settings.engine_cache)
             if spec.adapter is not None:  # applied now, so an adapter that does not fit fails before any row runs
                 adapters_of(loaded, self.settings.adapter_cache_size).name(spec.adapter)
             return loaded
+
+    def default_engine(self, task: tasks.Task, spec: JobSpec, dtype: str) -> str:
+        """HFQ_ENGINE for a job that names no engine, where it can run the job (its task has it, float32 weights
+        alone, on the CPU); else torch."""
+        wanted = self.settings.engine
+        runs = (wanted in task.engines and spec.adapter is None and spec.quantization is None and dtype == "float32"
+                and not self.settings.device_map)
+        return wanted if runs else "torch"
 
     def run(self, spec: JobSpec, rows: list[Any], device: str, *, max_batch_tokens: int | TokenBudget,
             should_stop: Callable[[], bool] = lambda: False) -> tuple[LoadedModel, RowResults]:

@@ -1,4 +1,4 @@
-"""Models resident in a worker process: loaded once per (task, model, revision, device, dtype, quantization),
+"""Models resident in a worker process: loaded once per (task, model, revision, device, dtype, quantization, engine),
 LRU-bounded. PEFT adapters are applied on top of these (hfqueue.worker.peft_adapters), not loaded as models."""
 
 from __future__ import annotations
@@ -7,14 +7,17 @@ import gc
 import logging
 import time
 from collections import OrderedDict
+from pathlib import Path
 from typing import Any
 
 from hfqueue.core.hooks import Hooks
 from hfqueue.tasks.base import LoadedModel, Task
+from hfqueue.tasks.engines.attach import attach
 
 logger = logging.getLogger(__name__)
 
-ModelKey = tuple[str, str, str | None, str, str, str | None]
+# task, model, revision, device, dtype, quantization, engine
+ModelKey = tuple[str, str, str | None, str, str, str | None, str]
 
 
 def resolve_device(device: str) -> str:
@@ -46,7 +49,7 @@ class ModelCache:
     def resident(self) -> list[dict[str, Any]]:
         """The resident models, oldest load first: task, model, revision, device, dtype, quantization, the devices
         their weights lie on and the PEFT adapters applied to them (least recently used first)."""
-        names = ("task", "model", "revision", "device", "dtype", "quantization")
+        names = ("task", "model", "revision", "device", "dtype", "quantization", "engine")
         return [{**dict(zip(names, key, strict=True)), "devices": list(loaded.devices),
                  "adapters": list(loaded.peft.sources) if loaded.peft is not None else []}
                 for key, loaded in self._entries]
@@ -57,9 +60,11 @@ class ModelCache:
         return sorted(names, key=lambda n: (not n.startswith("cuda"), len(n), n))
 
     def get(self, task: Task, model: str, *, revision: str | None, device: str, dtype: str,
-            quantization: str | None = None, trust_remote_code: bool = False) -> LoadedModel:
-        """The loaded model for this key, loading it (and evicting the oldest) on a miss."""
-        key: ModelKey = (task.name, model, revision, device, dtype, quantization)
+            quantization: str | None = None, trust_remote_code: bool = False, engine: str = "torch",
+            engine_cache: Path | None = None) -> LoadedModel:
+        """The loaded model for this key, loading it (and evicting the oldest) on a miss; with an ``engine`` other
+        than torch, its body runs on that engine (built or found in ``engine_cache``, verified against torch)."""
+        key: ModelKey = (task.name, model, revision, device, dtype, quantization, engine)
         if key in self._models and self._models[key].broken:
             logger.warning("dropping %s (%s): a PEFT adapter that failed to load left it unusable", model, task.name)
             del self._models[key]
@@ -74,6 +79,8 @@ class ModelCache:
                               trust_remote_code=trust_remote_code, device_map=self.device_map,
                               max_memory=self.max_memory)
         loaded.name, loaded.dtype = model, dtype
+        if engine != "torch":
+            attach(loaded, engine=engine, cache_root=engine_cache or Path("~/.cache/hfqueue/engines"), model_id=model)
         seconds = time.perf_counter() - started
         self.loads += 1
         where = ", ".join(loaded.devices) or device

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 from hfqueue.errors import ModelLoadError
+from hfqueue.files import atomic_path, atomic_text
 
 MODEL_FILE = "model.onnx"
 INT8_FILE = "model-int8.onnx"
@@ -42,16 +42,6 @@ def sha256(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write to a temporary name in the same folder, then rename: a reader sees the old file or the new one."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def _input_names(model: Any, tokenizer: Any) -> list[str]:
@@ -120,9 +110,8 @@ def export(model: Any, tokenizer: Any, folder: Path, *, int8: bool) -> Path:
                 from exc
         if program is None:  # only None when given a file to write; never here, where the program is asked for
             raise ModelLoadError(f"exporting {type(model).__name__} gave no ONNX program", value=type(model).__name__)
-        tmp = folder / f".{MODEL_FILE}.tmp-{os.getpid()}"
-        program.save(str(tmp), external_data=False)
-        os.replace(tmp, folder / MODEL_FILE)
+        with atomic_path(folder / MODEL_FILE) as tmp:
+            program.save(str(tmp), external_data=False)
         seconds = time.perf_counter() - started
     finally:
         model.train(was_training)
@@ -136,7 +125,7 @@ def export(model: Any, tokenizer: Any, folder: Path, *, int8: bool) -> Path:
             "int8": INT8_RECIPE if int8 else None, "model_class": type(model).__name__,
             "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                          "onnxruntime": onnxruntime.__version__}}
-    _atomic_write(folder / META_FILE, json.dumps(meta, indent=2).encode())
+    atomic_text(folder / META_FILE, json.dumps(meta, indent=2))
     return folder
 
 
@@ -147,15 +136,14 @@ def quantize_int8(source: Path, target: Path) -> Path:
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     # The quantizer logs a line per node at INFO on its own handler; a worker's log wants none of them.
     logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
     quantizer = MatMulNBitsQuantizer(onnx.load(str(source)), bits=INT8_RECIPE["bits"],
                                      block_size=INT8_RECIPE["block_size"], is_symmetric=INT8_RECIPE["is_symmetric"],
                                      accuracy_level=INT8_RECIPE["accuracy_level"])
     quantizer.process()
-    quantizer.model.save_model_to_file(str(tmp), False)
-    os.replace(tmp, target)
+    with atomic_path(target) as tmp:
+        quantizer.model.save_model_to_file(str(tmp), False)
     return target
 
 

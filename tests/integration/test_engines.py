@@ -1,0 +1,86 @@
+"""Jobs on exported engines, through a real worker: outputs equal torch's, and an engine that drifts is refused.
+
+The tiny models are real transformers models (tests/tiny_models.py, tests/st_models.py); each job's outputs are
+compared with the same job on torch, which tests/integration/test_model_semantics.py checks against
+sentence-transformers and the pipelines.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hfqueue import Client, InvalidSpecError, JobFailedError
+from tests.tiny_models import sentences
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def vectors(client: Client, model: Path, engine: str, rows: list[str]) -> tuple[np.ndarray, dict]:
+    job = client.submit(task="feature-extraction", model=str(model), inputs=rows, engine=engine, chunk_size=16)
+    found = np.asarray(job.result(timeout=180)["embedding"], dtype=np.float32)
+    manifest = (job.output_dir / "manifest.json").read_text()
+    return found, __import__("json").loads(manifest)
+
+
+def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float(((a / np.linalg.norm(a, axis=1, keepdims=True)) * (b / np.linalg.norm(b, axis=1, keepdims=True)))
+                 .sum(axis=1).min())
+
+
+@pytest.mark.parametrize("model_fixture", ["st_cls", "encoder"])
+def test_embeddings_on_onnx_equal_torch(client: Client, model_fixture: str, request: pytest.FixtureRequest) -> None:
+    # given a sentence-transformers model (its own modules after the body) and a plain encoder, and rows of
+    # mixed lengths in chunks of 16
+    model, rows = request.getfixturevalue(model_fixture), sentences(40)
+    # when the same rows run on torch, on onnx, and on onnx-int8
+    torch_vectors, _ = vectors(client, model, "torch", rows)
+    onnx_vectors, manifest = vectors(client, model, "onnx", rows)
+    int8_vectors, _ = vectors(client, model, "onnx-int8", rows)
+    # then onnx is float32-exact, int8 within its tolerance, and the manifest says which engine ran
+    assert min_cosine(onnx_vectors, torch_vectors) >= 0.9999
+    assert min_cosine(int8_vectors, torch_vectors) >= 0.99
+    assert manifest["resolved"]["engine"] == "onnx"
+
+
+def test_text_classification_on_onnx_gives_torch_labels_and_scores(client: Client, classifier: Path) -> None:
+    # given a classifier and rows, sentence pairs among them
+    rows = [*sentences(12), *({"text": s, "text_pair": t} for s, t in zip(sentences(4, seed=1), sentences(4, 2),
+                                                                            strict=True))]
+
+    def run(engine: str) -> list[dict]:
+        job = client.submit(task="text-classification", model=str(classifier), inputs=rows, engine=engine,
+                            options={"top_k": None})
+        return job.result(timeout=180).to_list()
+
+    # when they run on torch and on onnx
+    on_torch, on_onnx = run("torch"), run("onnx")
+    # then every row has the same labels in the same order and the same scores
+    for a, b in zip(on_torch, on_onnx, strict=True):
+        assert a["labels"] == b["labels"]
+        assert np.allclose(a["scores"], b["scores"], atol=1e-4)
+
+
+def test_an_engine_beyond_its_tolerance_fails_the_job_naming_it(client: Client, classifier: Path) -> None:
+    # given the tiny classifier, whose very wide weights int8 cannot carry (measured cosine 0.68-0.98)
+    job = client.submit(task="text-classification", model=str(classifier), inputs=sentences(4), engine="onnx-int8")
+    # when it runs; then the job fails before any row runs, naming the engine, the model and the measured difference
+    with pytest.raises(JobFailedError) as failed:
+        job.wait(timeout=180)
+    message = str(failed.value)
+    assert "onnx-int8" in message and str(classifier) in message and "min cosine" in message
+    assert job.status().rows_done == 0
+
+
+@pytest.mark.parametrize(("fields", "expected"), [
+    ({"task": "text-generation", "engine": "onnx"}, "cannot run task 'text-generation'"),
+    ({"task": "feature-extraction", "engine": "onnx", "dtype": "bfloat16"}, "drop dtype='bfloat16'"),
+    ({"task": "feature-extraction", "engine": "onnx-int8", "quantization": "8bit"}, "drop quantization='8bit'"),
+])
+def test_an_engine_that_cannot_run_the_job_is_refused_at_submit(idle_client: Client, fields: dict,
+                                                                expected: str) -> None:
+    # given a job whose engine cannot run it; when submitted; then nothing is enqueued and the reason is named
+    with pytest.raises(InvalidSpecError, match=expected):
+        idle_client.submit(inputs=["a row"], model="org/model", **fields)
