@@ -7,10 +7,12 @@ job never pays the load):
   a. hfqueue end to end: save the rows as a dataset, submit, wait, read the results (one worker);
      a2. the same with the next batch collated on a helper thread (off by default on CPU);
      a3. the same in bfloat16 (the job's dtype; float32 is what auto means on a CPU);
+     a4. the same on the exported engines (job option engine: onnx, onnx-int8), exported once before timing;
   b. ``pipeline("feature-extraction")`` over ``KeyDataset`` with batch_size 32, pooled afterwards;
   c. sentence-transformers ``encode(batch_size=64)``;
   d. a hand-written loop over length-sorted batches of 64 (the fastest plain loop we know to write);
      d1. the same model one row at a time, in process: (d) / (d1) is the most any batching can gain here;
+     d2. the same loop with the model in bfloat16;
   e. one-row ``client.infer`` calls from many producer threads, request coalescing on and off
      (rows/s, p50 and p99 latency);
   f. one-row jobs (``client.submit``) from many producer threads, through the request lane (small jobs
@@ -58,7 +60,7 @@ def plain_loop(model: Any, tok: Any, rows: list[str], batch_size: int = 64) -> n
         for start in range(0, len(rows), batch_size):
             index = order[start:start + batch_size]
             enc = tok([rows[i] for i in index], padding=True, truncation=True, max_length=512, return_tensors="pt")
-            out[index] = _pool(model(**enc).last_hidden_state, enc["attention_mask"]).numpy()
+            out[index] = _pool(model(**enc).last_hidden_state.float(), enc["attention_mask"]).numpy()
     return out
 
 
@@ -117,7 +119,7 @@ def running_worker(work: Path, overrides: dict[str, Any]) -> Iterator[Client]:
                             input_roots=roots, **overrides)
         env = {**os.environ, "HFQ_BROKER_URL": server.url, "HF_HUB_OFFLINE": "1",
                "HFQ_OUTPUT_ROOT": str(work / "results"), "HFQ_INPUT_ROOTS": json.dumps([str(r) for r in roots]),
-               **{f"HFQ_{k.upper()}": str(v).lower() for k, v in overrides.items()}}
+               **{f"HFQ_{k.upper()}": str(v).lower() if isinstance(v, bool) else str(v) for k, v in overrides.items()}}
         worker = subprocess.Popen([sys.executable, "-m", "hfqueue", "worker", "--name", "bench@local"], env=env,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
@@ -246,6 +248,8 @@ def main() -> None:
     results: dict[str, tuple[np.ndarray, float]] = {
         "d. plain loop, sorted batches of 64": best_of(n, lambda: plain_loop(model, tok, rows))}
     reference = results["d. plain loop, sorted batches of 64"][0]
+    half = transformers.AutoModel.from_pretrained(path, dtype=torch.bfloat16).eval()
+    results["d2. plain loop in bfloat16"] = best_of(n, lambda: plain_loop(half, tok, rows))
     results["d1. plain loop, one row at a time"] = best_of(n, lambda: one_row_loop(model, tok, rows[:args.requests]))
     results["b. pipeline + KeyDataset, batch 32"] = pipeline_keydataset(path, rows, n)
     results["c. sentence-transformers encode, batch 64"] = sentence_transformers_encode(path, rows, n)
@@ -257,6 +261,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as work:
         results["a3. the same in bfloat16 (dtype=bfloat16)"] = hfqueue_end_to_end(path, rows, Path(work), n,
                                                                                 {"dtype": "bfloat16"})
+    for engine in ("onnx", "onnx-int8"):
+        with tempfile.TemporaryDirectory() as work:
+            results[f"a4. the same on engine {engine}"] = hfqueue_end_to_end(
+                path, rows, Path(work), n, {"engine": engine, "engine_cache": Path(work) / "engines"})
     latency: dict[str, dict[str, float]] = {}
 
     def record(name: str, run: Callable[[Path], dict[str, Any]]) -> None:
@@ -296,6 +304,7 @@ def main() -> None:
         return round(pick(top) / pick(bottom), 2)
 
     summary = {"a_over_c": ratio("a. ", "c. "), "a_over_d": ratio("a. ", "d. "), "a3_over_d": ratio("a3. ", "d. "),
+               "a4_onnx_over_d": ratio("engine onnx", "d. "), "a4_int8_over_d": ratio("engine onnx-int8", "d. "),
                "e_on_over_off": ratio("coalescing on", "coalescing off"),
                "f_lane_over_chunk_queue": ratio("request lane", "chunk queue"),
                "batching_ceiling_d_over_d1": ratio("d. ", "d1. ")}

@@ -30,6 +30,8 @@ class TokenClassification(PipelineTask):
     name = "token-classification"
     aliases = ("ner",)
     pipeline_task = "token-classification"
+    engines = ("torch", "onnx", "onnx-int8")
+    engine_output = "TokenClassifierOutput"
     Options: ClassVar[type[BaseModel]] = TokenClassificationOptions
     model_class = "AutoModelForTokenClassification"
     heads = ("MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES",)

@@ -35,6 +35,8 @@ class ZeroShotClassification(PipelineTask):
 
     name = "zero-shot-classification"
     pipeline_task = "zero-shot-classification"
+    engines = ("torch", "onnx", "onnx-int8")
+    engine_output = "SequenceClassifierOutput"
     Options: ClassVar[type[BaseModel]] = ZeroShotOptions
     model_class = "AutoModelForSequenceClassification"
     heads = ("MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES",)

@@ -77,8 +77,8 @@ def export(model: Any, tokenizer: Any, folder: Path, *, int8: bool) -> Path:
     """Export ``model``'s body to ``folder/model.onnx`` (and ``model-int8.onnx`` with ``int8``) plus ``meta.json``.
 
     The graph takes ``input_ids``, ``attention_mask`` (and ``token_type_ids`` when the model uses them), int64,
-    shape (batch, sequence), both dimensions dynamic; it returns ``logits`` for a model with a
-    sequence-classification head, else ``last_hidden_state``. Each file is written under a temporary name and
+    shape (batch, sequence), both dimensions dynamic; it returns ``logits`` for a model with a classification
+    head ((batch, labels) per sequence, (batch, sequence, labels) per token), else ``last_hidden_state``. Each file is written under a temporary name and
     renamed; ``meta.json`` (exporter, versions, inputs, output, sha256 of each file) is written last, so a
     folder with a valid meta.json is complete. Returns ``folder``. The model is left in the mode it was in.
     """

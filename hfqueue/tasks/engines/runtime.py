@@ -34,7 +34,8 @@ class OrtEncoder:
     """The exported body of a cached artifact, called like the torch body's forward.
 
     ``OrtEncoder(folder)(input_ids, attention_mask, token_type_ids)`` returns ``last_hidden_state`` (batch,
-    sequence, hidden) or ``logits`` (batch, labels), as meta.json's ``output`` says, as a float32 torch tensor
+    sequence, hidden) or ``logits`` ((batch, labels), or (batch, sequence, labels) per token), as meta.json's
+    ``output`` says, as a float32 torch tensor
     on the device of ``input_ids``. ``token_type_ids`` left None is all zeros, as in transformers.
     """
 

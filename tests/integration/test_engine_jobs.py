@@ -84,3 +84,74 @@ def test_an_engine_that_cannot_run_the_job_is_refused_at_submit(idle_client: Cli
     # given a job whose engine cannot run it; when submitted; then nothing is enqueued and the reason is named
     with pytest.raises(InvalidSpecError, match=expected):
         idle_client.submit(inputs=["a row"], model="org/model", **fields)
+
+
+def entities_on(client: Client, model: Path, engine: str, rows: list[str]) -> list[list[dict]]:
+    job = client.submit(task="token-classification", model=str(model), inputs=rows, engine=engine)
+    found = job.result(timeout=180)["entities"]
+    assert __import__("json").loads((job.output_dir / "manifest.json").read_text())["resolved"]["engine"] == engine
+    return found
+
+
+def ran_on_an_engine(torch_scores: list[float], engine_scores: list[float]) -> bool:
+    """Whether the scores came from another body than torch's: float32 kernel order leaves some of them differing
+    in the last bits (measured: up to 4e-5), where torch run twice gives the same bits."""
+    return bool(np.any(np.asarray(torch_scores) != np.asarray(engine_scores)))
+
+
+def test_token_classification_on_onnx_gives_torch_entities_and_scores(client: Client, token_classifier: Path) -> None:
+    # given a token classifier and rows of mixed lengths (several batches, each padded)
+    rows = sentences(24)
+    # when they run on torch and on onnx, through the same pipeline
+    on_torch, on_onnx = entities_on(client, token_classifier, "torch", rows), \
+        entities_on(client, token_classifier, "onnx", rows)
+    # then every row has the same entities, at the same offsets, with the same scores
+    assert sum(len(e) for e in on_torch) > 0
+    for a, b in zip(on_torch, on_onnx, strict=True):
+        assert [(e["entity_group"], e["word"], e["start"], e["end"]) for e in a] == \
+               [(e["entity_group"], e["word"], e["start"], e["end"]) for e in b]
+        assert np.allclose([e["score"] for e in a], [e["score"] for e in b], atol=1e-4)
+    # and the engine, not torch, ran the pipeline's model call
+    assert ran_on_an_engine([e["score"] for r in on_torch for e in r], [e["score"] for r in on_onnx for e in r])
+
+
+def test_zero_shot_on_onnx_gives_torch_labels_and_scores(client: Client, nli_classifier: Path) -> None:
+    # given an NLI model, rows and candidate labels, single- and multi-label
+    rows, labels = sentences(12, seed=3), ["programming", "cooking", "sports"]
+
+    def run(engine: str, multi_label: bool) -> list[dict]:
+        job = client.submit(task="zero-shot-classification", model=str(nli_classifier), inputs=rows, engine=engine,
+                            options={"candidate_labels": labels, "multi_label": multi_label})
+        return job.result(timeout=180).to_list()
+
+    for multi_label in (False, True):
+        # when they run on torch and on onnx
+        on_torch, on_onnx = run("torch", multi_label), run("onnx", multi_label)
+        # then each label has torch's score, and each rank torch's label or one torch scores alike within 1e-4
+        # (the tiny model scores some labels alike to 1e-5, where float32 kernel order may swap them)
+        for a, b in zip(on_torch, on_onnx, strict=True):
+            on_onnx_of, on_torch_of = (dict(zip(r["labels"], r["scores"], strict=True)) for r in (b, a))
+            assert np.allclose(a["scores"], [on_onnx_of[label] for label in a["labels"]], atol=1e-4)
+            assert all(x == y or abs(on_torch_of[x] - on_torch_of[y]) <= 1e-4
+                       for x, y in zip(a["labels"], b["labels"], strict=True))
+        # and the engine, not torch, ran the pipeline's model call
+        assert ran_on_an_engine([s for r in on_torch for s in sorted(r["scores"])],
+                                [s for r in on_onnx for s in sorted(r["scores"])])
+
+
+@pytest.mark.parametrize(("task", "model_fixture", "options"), [
+    ("token-classification", "token_classifier", {}),
+    ("zero-shot-classification", "nli_classifier", {"candidate_labels": ["programming", "cooking"]}),
+])
+def test_int8_on_the_tiny_pipeline_models_is_refused_naming_it(client: Client, task: str, model_fixture: str,
+                                                              options: dict, request: pytest.FixtureRequest) -> None:
+    # given a tiny token classifier or NLI model, built with initializer_range 1.0: weights too wide for int8
+    # (measured min cosine to torch: -0.12 per token, and 0.43 to 0.78 per row)
+    model = request.getfixturevalue(model_fixture)
+    job = client.submit(task=task, model=str(model), inputs=sentences(4), engine="onnx-int8", options=options)
+    # when it runs; then it fails before any row runs, naming the engine, the model and the measured difference
+    with pytest.raises(JobFailedError) as failed:
+        job.wait(timeout=180)
+    message = str(failed.value)
+    assert "onnx-int8" in message and str(model) in message and "min cosine" in message
+    assert job.status().rows_done == 0
