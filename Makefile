@@ -27,6 +27,7 @@ test: install  ## the layer contracts (import-linter), then the whole test suite
 bench: install  ## hfqueue against the plain alternatives, side by side (writes benchmarks/results/)
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[bench]'
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/embeddings.py
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/generation.py
 
 down:  ## stop the embedded redis-server
 	$(BIN)/hfq down

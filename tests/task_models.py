@@ -84,7 +84,8 @@ def build_qa(path: Path) -> Path:
     return _save(seeded(lambda: BertForQuestionAnswering(_config(tok, initializer_range=0.5))), tok, path)
 
 
-def _generation_tokenizer() -> PreTrainedTokenizerFast:
+def generation_tokenizer() -> PreTrainedTokenizerFast:
+    """The small trained tokenizer with [CLS] as its start and [SEP] as its end token, for generation models."""
     tok = _make_tokenizer()
     tok.bos_token, tok.eos_token = "[CLS]", "[SEP]"
     return tok
@@ -92,7 +93,7 @@ def _generation_tokenizer() -> PreTrainedTokenizerFast:
 
 def build_causal_lm(path: Path) -> Path:
     """A two-layer GPT-2 with a chat template; its tokenizer pads on the left."""
-    tok = _generation_tokenizer()
+    tok = generation_tokenizer()
     tok.padding_side = "left"
     tok.chat_template = CHAT_TEMPLATE
     ids = {"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id}
@@ -105,7 +106,7 @@ def build_causal_lm(path: Path) -> Path:
 
 def build_seq2seq(path: Path) -> Path:
     """A one-layer BART encoder-decoder for summarization, translation and text2text-generation."""
-    tok = _generation_tokenizer()
+    tok = generation_tokenizer()
     ids = {"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id,
            "decoder_start_token_id": tok.bos_token_id}
     config = BartConfig(vocab_size=len(tok), max_position_embeddings=512, d_model=32, encoder_layers=1,

@@ -107,11 +107,11 @@ def test_manifest_records_what_the_model_resolved_to(client: Client, build: Call
                              options={"pooling": "max", "normalize": False, "dimensions": 8})
     own.wait(timeout=120), override.wait(timeout=120)
 
-    # then each manifest records the pooling, normalization, prompt and limit that ran
+    # then each manifest records the pooling, normalization, prompt, limit, precision and engine that ran
     first = json.loads((Path(own.status().output_dir) / "manifest.json").read_text())
     assert first["resolved"] == {"pooling": "cls", "normalize": True, "prompt": "q: ", "max_length": 64,
                                  "dimensions": None, "modules": ["Transformer", "Pooling", "Normalize"],
-                                 "truncate": True}
+                                 "truncate": True, "dtype": "float32", "engine": "torch"}
     assert first["rows_truncated"] == own.status().rows_truncated > 0
     second = json.loads((Path(override.status().output_dir) / "manifest.json").read_text())
     assert {k: second["resolved"][k] for k in ("pooling", "normalize", "dimensions")} == \

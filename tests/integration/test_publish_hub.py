@@ -78,8 +78,8 @@ def test_results_arrive_as_shards_and_a_card_in_a_private_repo(client: Client, h
                                                   "data_files": [{"split": "train", "path": "data/train-*"}]}]
     assert "feature-extraction" in body and str(encoder) in body and "50 in, 50 results, 0 errors" in body
     # and the card says what the job took from the model (a plain encoder: mean pooling, unnormalized)
-    assert '| resolved from the model | `{"dimensions": null, "max_length": 512, "modules": null, "normalize": ' \
-           'false, "pooling": "mean", "prompt": null, "truncate": true}` |' in body
+    assert '| resolved from the model | `{"dimensions": null, "dtype": "float32", "engine": "torch", "max_length": 512, ' \
+           '"modules": null, "normalize": false, "pooling": "mean", "prompt": null, "truncate": true}` |' in body
     # few commits for many files: 3 of shards (2 + 2 + 1) and one for the card
     assert len(hub.commits("acme/embeddings-1")) == 4
     assert json.loads((job.output_dir / "manifest.json").read_text())["published"]["sent"] == 5
