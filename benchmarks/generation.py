@@ -145,14 +145,14 @@ def main() -> None:
             runs = {"1. per-row generate": (reference, base),
                     "2. static batches of 16": timed(lambda: static_batches(model, tok, prompts, args.new_tokens)),
                     "3. hfqueue end to end": through_hfqueue(folder, task, prompts, args.new_tokens, Path(work))}
-            lengths = [len(tok(t)["input_ids"]) for t in reference]
+            lengths = [len(tok(t)["input_ids"]) for t in reference]  # the texts re-tokenized: mixed lengths show
             for name, (texts, seconds) in runs.items():
                 # Compared trimmed: hfqueue returns a continuation without its leading space.
                 same = sum(a.strip() == b.strip() for a, b in zip(texts, reference, strict=True)) / len(reference)
                 table.append({"model": kind, "contender": name, "rows": len(prompts), "seconds": round(seconds, 2),
                               "rows_per_s": round(len(prompts) / seconds, 1), "x_per_row": round(base / seconds, 2),
                               "same_text_as_per_row": round(same, 3),
-                              "output_tokens_min_mean_max": [min(lengths), round(sum(lengths) / len(lengths), 1),
+                              "output_text_tokens_min_mean_max": [min(lengths), round(sum(lengths) / len(lengths), 1),
                                                              max(lengths)]})
     print(f"{'model':16} {'contender':28} {'rows/s':>8} {'x per-row':>10} {'same text':>10}")
     for row in table:
