@@ -16,7 +16,7 @@ from hfqueue.state.store import JobStore
 def write(store: JobStore, job_id: str) -> dict[str, Any]:
     """Write the job's current state, counts and timings from Redis into ``manifest.json``; return it."""
     rec = store.get(job_id)
-    status = store.status(job_id)
+    status = store.status(job_id, rec)  # the same read: the record and its status cannot disagree
     out_dir = Path(rec["output_dir"])
     manifest: dict[str, Any] = read_manifest(out_dir) if (out_dir / MANIFEST).exists() else {}
     manifest.update(

@@ -106,9 +106,9 @@ class JobStore:
         value = self._r.hget(Keys.job(job_id), "state")
         return JobState(value) if value else None
 
-    def status(self, job_id: str) -> JobStatus:
-        """A :class:`JobStatus` snapshot of the job."""
-        rec = self.get(job_id)
+    def status(self, job_id: str, record: dict[str, str] | None = None) -> JobStatus:
+        """A :class:`JobStatus` snapshot of the job (of ``record``, when the caller has just read it)."""
+        rec = record if record is not None else self.get(job_id)
         spec = json.loads(rec["spec"])
         return JobStatus(
             job_id=job_id, state=rec["state"], task=spec["task"], model=spec["model"],

@@ -62,7 +62,7 @@ class WorkerContext:
     metrics_url: str | None = None  # what the hooks serve from this process (metrics), once they do
 
     def model(self, task: tasks.Task, spec: JobSpec, device: str) -> LoadedModel:
-        """The spec's model for ``adapter`` from the cache (loaded on a miss), with the spec's PEFT adapter applied,
+        """The spec's model for ``task`` from the cache (loaded on a miss), with the spec's PEFT adapter applied,
         once the worker allows it: remote code only with HFQ_ALLOW_REMOTE_CODE, a local model or PEFT adapter folder
         only inside HFQ_INPUT_ROOTS."""
         if spec.trust_remote_code and not self.settings.allow_remote_code:
