@@ -60,8 +60,9 @@ def resolve(spec: JobSpec, roots: Sequence[Path]) -> Source:
 
 
 def open_dataset(source: Source) -> "datasets.Dataset":
-    """Open the source's split (cached per process); :class:`SourceNotFoundError` names what is missing."""
-    key = source.model_dump_json()
+    """Open the source's split (cached per process, until a local file of it changes); :class:`SourceNotFoundError`
+    names what is missing."""
+    key = source.model_dump_json() + _stamp(source)
     if key in _OPEN_CACHE:
         _OPEN_CACHE.move_to_end(key)
         return _OPEN_CACHE[key]
@@ -101,6 +102,25 @@ def _undecoded(ds: "datasets.Dataset", columns: list[str]) -> "datasets.Dataset"
         if isinstance(feature, (datasets.Image, datasets.Audio)) and feature.decode:
             ds = ds.cast_column(column, type(feature)(decode=False))
     return ds
+
+
+def _stamp(source: Source) -> str:
+    """The sizes and modification times of a local source's files: a data file rewritten in place (rows appended,
+    edited) is opened again, not read from the stale copy."""
+    if source.kind == "files":
+        files = [Path(f) for f in source.data_files or []]
+    elif source.kind == "disk":
+        files = sorted(p for p in Path(str(source.path)).rglob("*") if p.is_file())
+    else:
+        return ""
+    stamps = []
+    for path in files:
+        try:
+            stat = path.stat()
+            stamps.append(f"{path}:{stat.st_size}:{stat.st_mtime_ns}")
+        except OSError:
+            stamps.append(f"{path}:-")
+    return "|".join(stamps)
 
 
 def _open(source: Source) -> "datasets.Dataset":

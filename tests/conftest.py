@@ -90,7 +90,10 @@ def settings(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
     # metrics_port 0: many workers share this host; tests of the metrics endpoint give theirs a free port.
     return Settings(broker_url=redis_server.url, output_root=base / "results", state_dir=base / "state",
                     input_roots=roots, chunk_size=16, max_batch_size=8, max_batch_tokens=1024, metrics_port=0,
-                    engine_cache=base / "engines")
+                    engine_cache=base / "engines",
+                    # Off for the suite: tests that compare two runs of the same rows (prefetch on and off, batch limits,
+                    # a re-delivery) must compute both; tests/integration/test_reuse.py turns it on.
+                    reuse=False)
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

@@ -40,6 +40,7 @@ class JobOut(BaseModel):
     rows_done: int
     rows_failed: int
     rows_truncated: int = 0
+    rows_reused: int = 0
     chunks_total: int
     chunks_done: int
     chunks_failed: int

@@ -131,7 +131,7 @@ def _spec_fields(args: argparse.Namespace) -> dict[str, Any]:
         raise HfqError("--task is required (unless --openai-batch gives each request's endpoint)")
     fields: dict[str, Any] = {k: getattr(args, k) for k in (
         "task", "model", "revision", "adapter", "dataset_config", "split", "dataset_revision", "column", "output_dir",
-        "chunk_size", "dtype", "engine", "quantization", "priority", "output") if getattr(args, k) is not None}
+        "chunk_size", "dtype", "engine", "quantization", "priority", "output", "reuse") if getattr(args, k) is not None}
     if args.public:
         fields["output_private"] = False
     if not args.truncate:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from hfqueue.cli import jobs, serve
+from hfqueue.cli import jobs, results_cache, serve
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,6 +89,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for Redis (default 5)")
     p.set_defaults(func=serve.health)
 
+    p = sub.add_parser("cache", help="the result cache (HFQ_CACHE_DIR): its size and hit rates, or prune it")
+    cache_sub = p.add_subparsers(dest="cache_command", required=True, metavar="ACTION")
+    q = cache_sub.add_parser("stats", help="size, entries, lookups and hit rate per model")
+    q.add_argument("--json", action="store_true", help="print JSON")
+    q.set_defaults(func=results_cache.stats)
+    q = cache_sub.add_parser("prune", help="drop results: those unused for --older-than (of --model), then the least "
+                             "recently used until within HFQ_CACHE_MAX_GB")
+    q.add_argument("--older-than", type=results_cache.age, metavar="AGE",
+                   help="drop results unused for this long: 30d, 12h, 90m, 45s")
+    q.add_argument("--model", help="only this model's results (as jobs name it)")
+    q.add_argument("--json", action="store_true", help="print JSON")
+    q.set_defaults(func=results_cache.prune)
+
     p = sub.add_parser("down", help="stop the embedded redis-server (its data stays in the state folder)")
     p.set_defaults(func=serve.down)
 
@@ -132,6 +145,9 @@ def _spec_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quantization", choices=["8bit", "4bit"], help="load weights quantized (CUDA workers only)")
     p.add_argument("--priority", choices=["high", "normal", "low"], help="queued chunks of higher priority run first "
                    "(default normal)")
+    p.add_argument("--reuse", action=argparse.BooleanOptionalAction, default=None,
+                   help="copy rows run before from the result cache instead of computing them, and store new results "
+                        "(default HFQ_REUSE: on); --no-reuse computes every row")
     p.add_argument("--no-truncate", dest="truncate", action="store_false",
                    help="send rows longer than the model takes to the error file instead of cutting them")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",

@@ -43,7 +43,8 @@ def status_text(status: JobStatus, chunks: dict[int, dict[str, Any]], bar: str |
         + (f" ({s.exact_batches} batches again in float32)" if s.exact_batches else ""),
         f"{bar if bar is not None else ascii_bar(fraction)} {fraction:4.0%}  {finished}/{s.rows_total} rows",
         f"rows/s {s.rows_per_second:.1f} · ETA {eta} · elapsed {s.elapsed:.1f} s · errors {s.rows_failed} rows"
-        + (f" · truncated {s.rows_truncated} rows" if s.rows_truncated else ""),
+        + (f" · truncated {s.rows_truncated} rows" if s.rows_truncated else "")
+        + (f" · reused {s.rows_reused} rows" if s.rows_reused else ""),
         "chunks: " + " · ".join(f"{counts[k]} {k}" for k in CHUNK_STATES)
         + (f" (running on {', '.join(running_on)})" if running_on else ""),
         f"output: {s.output_dir}",

@@ -18,6 +18,7 @@ from pydantic_settings.exceptions import SettingsError
 from hfqueue.errors import ConfigError
 
 Dtype = Literal["auto", "float32", "float16", "bfloat16"]
+CACHE_FOLDER = ".hfq-cache"  # the result cache's folder under the output root, unless HFQ_CACHE_DIR names one
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*(KiB|MiB|GiB|KB|MB|GB)")  # what accelerate reads (lower-case b: bits)
 
 
@@ -112,6 +113,13 @@ class Settings(BaseSettings):
                              "onnx (ONNX Runtime, float32) or onnx-int8 (needs hfqueue[onnx]).")
     engine_cache: Path = Field(Path("~/.cache/hfqueue/engines"), description="Folder of exported engine artifacts, "
                                "shared by the workers of a host (built once per model, revision and engine).")
+    reuse: bool = Field(True, description="Jobs that do not say (`reuse`) look their rows up in the result cache "
+                        "and store new results there: rows run before with the same model, revision, options, "
+                        "precision and engine are copied, not computed.")
+    cache_dir: Path | None = Field(None, description="Folder of the result cache, shared by the workers of a host or "
+                                   "volume. Unset: .hfq-cache under HFQ_OUTPUT_ROOT.")
+    cache_max_gb: float = Field(20.0, gt=0, description="Bound on the result cache's size; least recently used "
+                                "results are pruned past it.")
     device_map: Literal["auto"] | None = Field(
         None, description="auto: load each model with accelerate's device_map='auto', spread over every GPU the worker "
         "sees and CPU memory (models larger than one GPU); such a worker owns all its GPUs, so not with `hfq worker "
@@ -280,6 +288,10 @@ class Settings(BaseSettings):
             raise ValueError("HFQ_DEVICE=cpu with HFQ_DEVICE_MAP=auto needs HFQ_MAX_MEMORY naming only \"cpu\" (e.g. "
                              "{\"cpu\": \"200GiB\"}), or the weights would go to the GPUs; or leave HFQ_DEVICE at auto")
 
+    def result_cache_dir(self) -> Path:
+        """The result cache's folder: HFQ_CACHE_DIR, else ``.hfq-cache`` under the output root."""
+        return (self.cache_dir or self.output_root / CACHE_FOLDER).expanduser()
+
     def batch_tokens(self, device: str) -> int:
         """``max_batch_tokens``, or the default for ``device`` when it is unset."""
         if self.max_batch_tokens is not None:
@@ -332,66 +344,3 @@ def load_settings(**overrides: Any) -> Settings:
             got = f" (got {redact(repr(err['input']))})" if field and "input" in err else ""
             problems.append(f"{where}{err['msg'].removeprefix('Value error, ')}{got}")
         raise ConfigError("invalid hfqueue settings:\n  " + "\n  ".join(problems), value=overrides) from None
-
-
-def celery_config(settings: Settings, broker_url: str) -> dict[str, Any]:
-    """Celery configuration for long GPU chunks on Redis (see RELIABILITY in the README).
-
-    Each value is a decision, not a default: late acks so a crash mid-chunk re-delivers the chunk,
-    prefetch 1 so no chunk waits behind a busy process, a visibility timeout above the hard time limit
-    so a running chunk is not handed out twice, socket timeouts and keepalives so a worker does not
-    hang on a dead connection after Redis restarts, running chunks kept running through a broker
-    outage, JSON only.
-    """
-    transport = {
-        "visibility_timeout": settings.visibility_timeout,
-        "socket_timeout": settings.redis_socket_timeout,
-        "socket_connect_timeout": settings.redis_socket_timeout,
-        "socket_keepalive": True,
-        "health_check_interval": settings.redis_health_check_interval,
-        # Kombu looks for chunks whose worker vanished (unacked past the visibility timeout) every
-        # interval x throttle seconds, 100 s by default: look every tenth of the timeout instead, so a
-        # chunk held by a SIGKILLed worker comes back within 1.1 visibility timeouts.
-        "unacked_restore_interval": max(1, min(60, settings.visibility_timeout // 10)),
-        "unacked_restore_throttle": 1,
-        # Poll a worker's queues in the order it names them (hfq.high, hfq, hfq.low), not round robin: priorities.
-        "queue_order_strategy": "priority",
-    }
-    return {
-        "broker_url": broker_url,
-        "result_backend": settings.result_backend or broker_url,
-        "broker_transport_options": transport,
-        "result_backend_transport_options": {"visibility_timeout": settings.visibility_timeout},
-        "broker_connection_retry_on_startup": True,
-        "broker_connection_max_retries": None,
-        "broker_heartbeat": 0,
-        "redis_socket_timeout": settings.redis_socket_timeout,
-        "redis_socket_connect_timeout": settings.redis_socket_timeout,
-        "redis_socket_keepalive": True,
-        "redis_backend_health_check_interval": settings.redis_health_check_interval,
-        "task_acks_late": True,
-        "task_reject_on_worker_lost": True,
-        # A chunk killed at the hard time limit goes back to the queue (Celery's default acks it: the chunk
-        # was never counted and its job never ended); the attempt counter bounds the retries.
-        "task_acks_on_timeout": False,
-        "worker_prefetch_multiplier": 1,
-        # Keep a running chunk running through a broker outage: on Redis, cancelling it (Celery's future
-        # default) acked its message over the new connection, so the chunk never ran again (measured in
-        # tests/faults/test_redis_faults.py). Kept running, it writes its part and counts itself once Redis is
-        # back; a copy delivered again later finds the part and is skipped.
-        "worker_cancel_long_running_tasks_on_connection_loss": False,
-        "task_time_limit": settings.chunk_time_limit,
-        "task_soft_time_limit": settings.chunk_soft_time_limit,
-        "task_serializer": "json",
-        "result_serializer": "json",
-        "accept_content": ["json"],
-        "result_accept_content": ["json"],
-        "task_ignore_result": True,
-        "result_expires": 24 * 3600,
-        "task_default_queue": settings.queue,
-        "task_track_started": True,
-        "worker_send_task_events": True,
-        "task_send_sent_event": True,
-        "worker_hijack_root_logger": False,
-        "enable_utc": True,
-    }

@@ -34,6 +34,9 @@ class Hooks:
         """A set of rows (a chunk, or gathered lane entries) ran: ``ok`` gave outputs, ``failed`` went to errors;
         ``truncated`` of the ``ok`` rows were cut to the model's input limit."""
 
+    def rows_reused(self, task: str, model: str, *, rows: int) -> None:
+        """``rows`` rows were copied from the result cache instead of computed."""
+
     def queue_wait(self, task: str, model: str, *, route: str, seconds: float) -> None:
         """Work waited ``seconds`` between its sending and its start; ``route`` is ``chunk`` or ``lane``."""
 

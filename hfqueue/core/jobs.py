@@ -83,6 +83,9 @@ class JobSpec(BaseModel):
     trust_remote_code: bool = Field(False, description="Run code shipped with the model (worker must allow it).")
     truncate: StrictBool = Field(True, description="Cut a row longer than the model takes to its input limit (and "
                                  "count it); false: send such a row to the error file instead.")
+    reuse: bool | None = Field(
+        None, description="Copy rows run before (same model, revision, options, precision, engine) from the result "
+                          "cache instead of computing them, and store new results there; default HFQ_REUSE (true).")
     priority: Literal["high", "normal", "low"] = Field(
         "normal", description="Queued chunks of higher priority run first (strict: low runs when nothing else waits).")
 
@@ -202,6 +205,7 @@ class JobStatus(BaseModel):
     rows_done: int = 0
     rows_failed: int = 0
     rows_truncated: int = 0  # of rows_done: rows cut to the model's input limit
+    rows_reused: int = 0  # of rows_done: rows copied from the result cache, not computed (hfqueue.cache)
     chunks_total: int
     chunks_done: int = 0
     chunks_failed: int = 0

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from hfqueue.core.config import CACHE_FOLDER
 from hfqueue.errors import InvalidSpecError, SourceNotFoundError
 
 FIX_READ = "move it under one of them, or add its folder to HFQ_INPUT_ROOTS (a JSON list) on producer and workers"
@@ -64,6 +65,9 @@ def check_output_dir(output_root: Path, output_dir: str | Path) -> Path:
     if target == root:
         raise InvalidSpecError("output_dir must be a folder under the output root, not the root itself",
                                value=str(output_dir))
+    if inside(target, [root / CACHE_FOLDER]):
+        raise InvalidSpecError(f"output_dir {str(output_dir)!r} is the result cache's folder ({CACHE_FOLDER}); give "
+                               "another folder", value=str(output_dir))
     if not inside(target, [root]):
         raise InvalidSpecError(f"output_dir {str(output_dir)!r} resolves to {target}, outside the output root "
                                f"{root}; give a folder under the root, or change HFQ_OUTPUT_ROOT",

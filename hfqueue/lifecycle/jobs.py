@@ -71,18 +71,19 @@ def reopen(store: JobStore, job_id: str, was: JobState, *, chunks_left: bool) ->
 
 
 def recount(store: JobStore, job_id: str, index: int, *, rows_ok: int, rows_failed: int, rows_truncated: int,
-            failed: bool) -> None:
+            failed: bool, rows_reused: int = 0) -> None:
     """Count a chunk found finished on disk (``resume``), once; finalizing is left to the caller."""
     store.chunk_finished(job_id, index, rows_ok=rows_ok, rows_failed=rows_failed, rows_truncated=rows_truncated,
-                         info={"state": "done", "resumed": True}, failed=failed)
+                         rows_reused=rows_reused, info={"state": "done", "resumed": True}, failed=failed)
 
 
 def count_chunk(store: JobStore, job_id: str, index: int, settings: Settings, hooks: Hooks, *, rows_ok: int,
-                info: dict[str, Any], rows_failed: int = 0, rows_truncated: int = 0, failed: bool = False) -> int:
+                info: dict[str, Any], rows_failed: int = 0, rows_truncated: int = 0, rows_reused: int = 0,
+                failed: bool = False) -> int:
     """Count a finished chunk once; the last chunk of the job finalizes it. Returns the chunks finished so far,
     -1 when this chunk was counted before (a re-delivery), -2 when the job is gone."""
     finished = store.chunk_finished(job_id, index, rows_ok=rows_ok, rows_failed=rows_failed,
-                                    rows_truncated=rows_truncated, info=info, failed=failed)
+                                    rows_truncated=rows_truncated, rows_reused=rows_reused, info=info, failed=failed)
     if finished >= 0:
         record = store.get(job_id)
         if finished == int(record["chunks_total"]):

@@ -31,6 +31,7 @@ def write(store: JobStore, job_id: str) -> dict[str, Any]:
         rows_done=status.rows_done,
         rows_failed=status.rows_failed,
         rows_truncated=status.rows_truncated,
+        rows_reused=status.rows_reused,
         resolved=json.loads(rec["resolved"]) if rec.get("resolved") else None,
         dtype=status.dtype,
         exact_batches=status.exact_batches,

@@ -52,6 +52,8 @@ class PrometheusHooks(Hooks):
                             [*_MODEL, "outcome"], registry=r)
         self.truncated = Counter("hfq_rows_truncated", "Rows cut to the model's input limit (they gave outputs)",
                                  _MODEL, registry=r)
+        self.reused = Counter("hfq_rows_reused", "Rows copied from the result cache instead of computed", _MODEL,
+                              registry=r)
         self.tokens = Counter("hfq_tokens", "Tokens through forward passes: real, and padded (what the pass cost)",
                               [*_MODEL, "kind"], registry=r)
         self.batches = Counter("hfq_batches", "Forward passes run", _MODEL, registry=r)
@@ -96,6 +98,9 @@ class PrometheusHooks(Hooks):
 
     def exact_fallback(self, task: str, model: str) -> None:
         self.exact.labels(task, model, self.worker).inc()
+
+    def rows_reused(self, task: str, model: str, *, rows: int) -> None:
+        self.reused.labels(task, model, self.worker).inc(rows)
 
     def rows_done(self, task: str, model: str, *, ok: int, failed: int, truncated: int = 0) -> None:
         self.truncated.labels(task, model, self.worker).inc(truncated)

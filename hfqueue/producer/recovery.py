@@ -68,7 +68,8 @@ def resume(sender: Sender, hooks: Hooks, job_id: str, output_dir: str | None = N
             missing.append(chunk)
         else:
             lifecycle.recount(store, job_id, chunk.index, rows_ok=found.rows_ok, rows_failed=found.rows_failed,
-                              rows_truncated=found.rows_truncated, failed=found.failed_whole)
+                              rows_truncated=found.rows_truncated, rows_reused=found.rows_reused,
+                              failed=found.failed_whole)
     if state in (JobState.FAILED, JobState.CANCELLED):
         # Runs on: the missing chunks, or, with every chunk on disk, the publishing that failed or never ran.
         lifecycle.reopen(store, job_id, state, chunks_left=bool(missing))

@@ -43,6 +43,8 @@ def render(manifest: dict[str, Any], shards: list[Shard]) -> str:
         f"| source | `{source}`" + (f" (split `{spec['split']}`)" if spec.get("dataset") else "") + " |",
         f"| rows | {manifest['rows_total']} in, {manifest['rows_done']} results, {manifest['rows_failed']} errors"
         + (f", {manifest['rows_truncated']} cut to the model's input limit" if manifest.get("rows_truncated") else "")
+        + (f", {manifest['rows_reused']} reused from earlier runs (hfqueue's result cache)"
+           if manifest.get("rows_reused") else "")
         + " |",
         f"| date | {date} |",
         "",

@@ -55,14 +55,16 @@ def error_table(row_idx: list[int], errors: list[tuple[str, str]]) -> pa.Table:
                      "error": pa.array([m for _, m in errors], pa.string())})
 
 
-# Part metadata: how many of the part's rows were cut to the model's input limit (read back by resume).
-_TRUNCATED = b"hfq.rows_truncated"
+# Part metadata: how many of the part's rows were cut to the model's input limit, and how many were copied from the
+# result cache (read back by resume and by a re-delivery).
+_TRUNCATED, _REUSED = b"hfq.rows_truncated", b"hfq.rows_reused"
 
 
-def write_part(out_dir: Path, index: int, table: pa.Table, rows_truncated: int = 0) -> Path:
+def write_part(out_dir: Path, index: int, table: pa.Table, rows_truncated: int = 0, rows_reused: int = 0) -> Path:
     """Write chunk ``index``'s rows atomically; a second write of the same chunk replaces the first whole."""
-    if rows_truncated:
-        table = table.replace_schema_metadata({**(table.schema.metadata or {}), _TRUNCATED: str(rows_truncated)})
+    counts = {key: str(n) for key, n in ((_TRUNCATED, rows_truncated), (_REUSED, rows_reused)) if n}
+    if counts:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **counts})
     return _write_atomic(part_path(out_dir, index), table)
 
 
@@ -93,6 +95,7 @@ class OnDisk(NamedTuple):
     rows_failed: int
     failed_whole: bool
     rows_truncated: int = 0
+    rows_reused: int = 0
 
 
 def chunk_on_disk(out_dir: Path, index: int, rows: int) -> OnDisk | None:
@@ -105,8 +108,9 @@ def chunk_on_disk(out_dir: Path, index: int, rows: int) -> OnDisk | None:
     failed = part_rows(errors) if errors.exists() else 0
     if part.exists():
         meta = pq.ParquetFile(part).metadata
-        truncated = int((meta.metadata or {}).get(_TRUNCATED, 0))
-        return OnDisk(meta.num_rows, failed, failed_whole=False, rows_truncated=truncated)
+        counts = meta.metadata or {}
+        return OnDisk(meta.num_rows, failed, failed_whole=False, rows_truncated=int(counts.get(_TRUNCATED, 0)),
+                      rows_reused=int(counts.get(_REUSED, 0)))
     if failed == rows:
         return OnDisk(0, failed, failed_whole=True)
     return None

@@ -36,7 +36,7 @@ return 0
 """
 
 # KEYS: job hash, done set, chunks hash; ARGV: index, rows ok, rows failed, chunk json, ttl, chunk failed (0/1),
-# rows truncated
+# rows truncated, rows reused
 # Returns the number of finished chunks, or -1 when this chunk was already counted (a re-delivery).
 _FINISH_CHUNK = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return -2 end
@@ -45,6 +45,7 @@ redis.call('HSET', KEYS[3], ARGV[1], ARGV[4])
 redis.call('HINCRBY', KEYS[1], 'rows_done', ARGV[2])
 redis.call('HINCRBY', KEYS[1], 'rows_failed', ARGV[3])
 redis.call('HINCRBY', KEYS[1], 'rows_truncated', ARGV[7])
+redis.call('HINCRBY', KEYS[1], 'rows_reused', ARGV[8])
 if ARGV[6] == '1' then redis.call('HINCRBY', KEYS[1], 'chunks_failed', 1) end
 local n = redis.call('HINCRBY', KEYS[1], 'chunks_done', 1)
 for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[5]) end
@@ -114,6 +115,7 @@ class JobStore:
             job_id=job_id, state=rec["state"], task=spec["task"], model=spec["model"],
             rows_total=int(rec["rows_total"]), rows_done=int(rec["rows_done"]),
             rows_failed=int(rec["rows_failed"]), rows_truncated=int(rec.get("rows_truncated") or 0),
+            rows_reused=int(rec.get("rows_reused") or 0),
             chunks_total=int(rec["chunks_total"]),
             chunks_done=int(rec["chunks_done"]), chunks_failed=int(rec["chunks_failed"]),
             created_at=float(rec["created_at"]), started_at=_float(rec.get("started_at")),
@@ -185,12 +187,14 @@ class JobStore:
         self._r.delete(Keys.claim(job_id, index))
 
     def chunk_finished(self, job_id: str, index: int, *, rows_ok: int, rows_failed: int,
-                       info: dict[str, Any], failed: bool = False, rows_truncated: int = 0) -> int:
+                       info: dict[str, Any], failed: bool = False, rows_truncated: int = 0,
+                       rows_reused: int = 0) -> int:
         """Count a finished chunk once; return chunks finished so far, -1 if already counted, -2 if no job.
 
-        ``rows_truncated``: of ``rows_ok``, the rows cut to the model's input limit."""
+        ``rows_truncated``: of ``rows_ok``, the rows cut to the model's input limit; ``rows_reused``: of ``rows_ok``,
+        the rows copied from the result cache."""
         keys = [Keys.job(job_id), Keys.done(job_id), Keys.chunks(job_id)]
-        args = [index, rows_ok, rows_failed, json.dumps(info), self.ttl, int(failed), rows_truncated]
+        args = [index, rows_ok, rows_failed, json.dumps(info), self.ttl, int(failed), rows_truncated, rows_reused]
         finished = int(self._finish(keys=keys, args=args))
         if finished >= 0:
             self.notify(job_id, f"chunk {index}")

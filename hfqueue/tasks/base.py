@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from hfqueue.errors import ModelLoadError
+from hfqueue.tasks.identity import canonical
 from hfqueue.tasks.limits import TokenLimit, model_limit, tokenize
 from hfqueue.tasks.loading import head_problem, input_device, load_weights, placement, read_config, resolved_revision
 
@@ -112,6 +113,16 @@ class Task:
         if not isinstance(row, str):
             return f"task {self.name!r} takes strings, got {type(row).__name__}"
         return None
+
+    def deterministic(self, options: dict[str, Any]) -> bool:
+        """Whether a row's output is decided by the row and the job alone: not when sampling without a seed. Only
+        such outputs are stored in the result cache and reused (:mod:`hfqueue.cache`)."""
+        return not options.get("do_sample") or options.get("seed") is not None
+
+    def row_identity(self, row: Any) -> bytes | None:
+        """The bytes that decide a row's output (the row part of its result-cache key), or None when the row
+        cannot be keyed exactly: it is then always computed."""
+        return canonical(row)
 
     def output_types(self, options: dict[str, Any]) -> "dict[str, pa.DataType]":
         """Output column name -> Arrow type; every part of a job has this schema."""

@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from hfqueue.tasks.base import LoadedModel
 from hfqueue.tasks.limits import TokenLimit
+from hfqueue.tasks.identity import media_identity
 from hfqueue.tasks.media import decode_image, media_problem
 from hfqueue.tasks.pipeline_task import PipelineTask
 from hfqueue.tasks.text_classification import label_row, label_types
@@ -38,6 +39,9 @@ class ImageClassification(PipelineTask):
 
     def row_problem(self, row: Any) -> str | None:
         return media_problem(row, "image")
+
+    def row_identity(self, row: Any) -> bytes | None:
+        return media_identity(row)  # a path is keyed by the file's contents
 
     def output_types(self, options: dict[str, Any]) -> "dict[str, pa.DataType]":
         return label_types(options)

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from hfqueue.tasks.base import LoadedModel
 from hfqueue.tasks.limits import TokenLimit
+from hfqueue.tasks.identity import media_identity
 from hfqueue.tasks.media import decode_audio, media_problem
 from hfqueue.tasks.pipeline_task import PipelineTask
 
@@ -46,6 +47,9 @@ class SpeechRecognition(PipelineTask):
 
     def row_problem(self, row: Any) -> str | None:
         return media_problem(row, "audio")
+
+    def row_identity(self, row: Any) -> bytes | None:
+        return media_identity(row)  # a path is keyed by the file's contents
 
     def output_types(self, options: dict[str, Any]) -> "dict[str, pa.DataType]":
         import pyarrow as pa

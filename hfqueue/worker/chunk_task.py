@@ -28,7 +28,7 @@ from hfqueue.errors import HfqError, ModelLoadError
 from hfqueue.state.broker import CHUNK_TASK, redis_client
 from hfqueue.state.lane import Lane
 from hfqueue.state.store import JobStore
-from hfqueue.worker import chunks, guard
+from hfqueue.worker import chunks, guard, reuse
 from hfqueue.worker.context import WorkerContext, warm_imports
 from hfqueue.worker.models import ModelCache, resolve_device
 from hfqueue.worker.runner import BatchStopped
@@ -119,9 +119,10 @@ def _run_chunk(ctx: WorkerContext, hostname: str, message: ChunkMessage) -> dict
         if len(rows) != chunk.rows:
             raise HfqError(f"chunk {chunk.index} expected {chunk.rows} rows, read {len(rows)}")
         device = resolve_device(ctx.settings.device)
-        loaded, results = ctx.run(spec, rows, device, max_batch_tokens=ctx.budget(job_id, str(spec.model), device),
-                                  should_stop=lambda: ctx.store.state(job_id) != JobState.RUNNING)
-        chunks.record_model(ctx, job_id, spec, loaded, results)
+        fields, results = reuse.run(ctx, spec, rows, device,
+                                    max_batch_tokens=ctx.budget(job_id, str(spec.model), device),
+                                    should_stop=lambda: ctx.store.state(job_id) != JobState.RUNNING)
+        chunks.record_model(ctx, job_id, fields, results)
     except BatchStopped:
         logger.info("job %s chunk %d stopped: job is %s", job_id, chunk.index, ctx.store.state(job_id))
         return {"stopped": chunk.index}

@@ -56,7 +56,7 @@ def begin(ctx: WorkerContext, job_id: str, chunk: Chunk, out_dir: Path, worker: 
     on_disk = chunk_on_disk(out_dir, chunk.index, chunk.rows)
     if on_disk is not None:
         return None, finish(ctx, job_id, chunk, rows_ok=on_disk.rows_ok, rows_failed=on_disk.rows_failed,
-                            rows_truncated=on_disk.rows_truncated, info={"state": "done", "redelivered": True},
+                            rows_truncated=on_disk.rows_truncated, rows_reused=on_disk.rows_reused, info={"state": "done", "redelivered": True},
                             failed=on_disk.failed_whole)
     attempt = ctx.store.chunk_started(job_id, chunk.index, worker)
     lifecycle.start(ctx.store, job_id)
@@ -78,28 +78,50 @@ def complete(ctx: WorkerContext, job_id: str, spec: JobSpec, source: Source, chu
             return {"chunk": chunk.index, "skipped": "another delivery finished it first"}
         if errors.num_rows:
             write_error_part(out_dir, chunk.index, errors)  # before the result part: see sinks.local
-        write_part(out_dir, chunk.index, table, rows_truncated=results.rows_truncated)
+        reused = len(results.reused_at)
+    write_part(out_dir, chunk.index, table, rows_truncated=results.rows_truncated, rows_reused=reused)
     return finish(ctx, job_id, chunk, rows_ok=table.num_rows, rows_failed=errors.num_rows,
-                  rows_truncated=results.rows_truncated, info={"state": "done", **info})
+                  rows_truncated=results.rows_truncated, rows_reused=reused,
+                  info={"state": "done", **info, **({"rows_reused": reused} if reused else {})})
 
 
-def record_model(ctx: WorkerContext, job_id: str, spec: JobSpec, loaded: LoadedModel, results: RowResults) -> None:
-    """Record in the job what its model resolved to: the revision it loaded, the precision it ran in (and the
-    batches that ran again in float32), and what the task took from the model (pooling, normalization, prompt,
-    input limit, ...), for the manifest and the status."""
+def model_fields(ctx: WorkerContext, spec: JobSpec, loaded: LoadedModel) -> dict[str, Any]:
+    """What the job's model resolved to, as job fields: the revision it loaded, the precision and engine it ran on,
+    and what the task took from the model (pooling, normalization, prompt, input limit, ...)."""
     resolved = tasks.get(spec.task).resolved(loaded, spec.options, ctx.settings.max_length)
     engine = getattr(engine_of(loaded), "engine", "torch")
-    ctx.store.set_fields(job_id, resolved={**resolved, "truncate": spec.truncate, "dtype": loaded.dtype,
-                                           "engine": engine},
-                         dtype=loaded.dtype, **({"model_revision": loaded.revision} if loaded.revision else {}))
+    return {"resolved": {**resolved, "truncate": spec.truncate, "dtype": loaded.dtype, "engine": engine},
+            "dtype": loaded.dtype, **({"model_revision": loaded.revision} if loaded.revision else {})}
+
+
+def record_model(ctx: WorkerContext, job_id: str, fields: dict[str, Any] | None, results: RowResults) -> None:
+    """Record in the job what its model resolved to (:func:`model_fields`; None when no model ran and the result
+    cache knew nothing) and the batches that ran again in float32, for the manifest and the status."""
+    if fields:
+        ctx.store.set_fields(job_id, **fields)
     if results.exact_batches:
         ctx.store.add(job_id, "exact_batches", results.exact_batches)
 
 
+def output_table(task: tasks.Task, options: dict[str, Any], outputs: list[dict[str, Any]]) -> pa.Table:
+    """The task's output columns for ``outputs`` (one dict per row), typed as every part of the job is."""
+    return pa.table({name: pa.array([out[name] for out in outputs], arrow_type)
+                     for name, arrow_type in task.output_types(options).items()})
+
+
 def result_table(task: tasks.Task, spec: JobSpec, source: Source, chunk: Chunk, rows: list[Any],
                  results: RowResults) -> pa.Table:
-    """``row_idx``, the input columns that are text, and the task's outputs, for the rows that succeeded."""
-    keep = [i for i, out in enumerate(results.outputs) if out is not None]
+    """``row_idx``, the input columns that are text, and the task's outputs, for the rows that succeeded (computed,
+    or copied from the result cache), in row order."""
+    computed = [i for i, out in enumerate(results.outputs) if out is not None]
+    outputs = output_table(task, spec.options, [results.outputs[i] for i in computed])  # type: ignore[misc]
+    order = computed
+    if results.reused_at:
+        outputs = pa.concat_tables([outputs, results.reused.select(outputs.column_names).cast(outputs.schema)])
+        order = computed + results.reused_at
+    keep = sorted(order)
+    if order != keep:
+        outputs = outputs.take(pa.array(sorted(range(len(order)), key=order.__getitem__), pa.int64()))
     types = task.output_types(spec.options)
     columns: dict[str, Any] = {ROW_INDEX: pa.array([chunk.start + i for i in keep], pa.int64())}
     for field, column in source.columns.items():
@@ -107,8 +129,8 @@ def result_table(task: tasks.Task, spec: JobSpec, source: Source, chunk: Chunk, 
         echoed = _echo(values, task.echo_inputs)
         if echoed is not None:
             columns[f"input_{column}" if column in types or column == ROW_INDEX else column] = echoed
-    for name, arrow_type in types.items():
-        columns[name] = pa.array([results.outputs[i][name] for i in keep], arrow_type)  # type: ignore[index]
+    for name in types:
+        columns[name] = outputs.column(name)
     return pa.table(columns)
 
 
@@ -187,8 +209,9 @@ def _claimed(ctx: WorkerContext, job_id: str, chunk: Chunk) -> Iterator[bool]:
 
 
 def finish(ctx: WorkerContext, job_id: str, chunk: Chunk, *, rows_ok: int, info: dict[str, Any],
-           rows_failed: int = 0, rows_truncated: int = 0, failed: bool = False) -> dict[str, Any]:
+           rows_failed: int = 0, rows_truncated: int = 0, rows_reused: int = 0, failed: bool = False) -> dict[str, Any]:
     """Count the chunk once (the last chunk of the job finalizes it); the chunk's outcome."""
     lifecycle.count_chunk(ctx.store, job_id, chunk.index, ctx.settings, ctx.hooks, rows_ok=rows_ok,
-                          rows_failed=rows_failed, rows_truncated=rows_truncated, info=info, failed=failed)
+                          rows_failed=rows_failed, rows_truncated=rows_truncated, rows_reused=rows_reused, info=info,
+                          failed=failed)
     return {"chunk": chunk.index, "rows": rows_ok, "rows_failed": rows_failed, **info}

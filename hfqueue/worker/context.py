@@ -16,6 +16,7 @@ from typing import Any
 from redis import Redis
 
 from hfqueue import tasks
+from hfqueue.cache.store import ResultCache
 from hfqueue.core import paths
 from hfqueue.core.config import Settings
 from hfqueue.core.hooks import Hooks
@@ -60,6 +61,15 @@ class WorkerContext:
     hooks: Hooks = field(default_factory=Hooks)  # observers of batches, loads and outcomes (metrics)
     worker: str = "?"  # the Celery node name of this worker
     metrics_url: str | None = None  # what the hooks serve from this process (metrics), once they do
+    results: ResultCache | None = None  # the result cache, opened on first use (hfqueue.worker.reuse)
+
+    def result_cache(self) -> ResultCache:
+        """The result cache of this worker's output root (HFQ_CACHE_DIR), opened on first use."""
+        with self.lock:
+            if self.results is None:
+                self.results = ResultCache(self.settings.result_cache_dir(),
+                                           max_bytes=int(self.settings.cache_max_gb * 1e9))
+            return self.results
 
     def model(self, task: tasks.Task, spec: JobSpec, device: str) -> LoadedModel:
         """The spec's model for ``task`` from the cache (loaded on a miss), with the spec's PEFT adapter applied,

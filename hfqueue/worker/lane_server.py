@@ -32,7 +32,7 @@ from pydantic import ValidationError
 from hfqueue.core.messages import ChunkMessage, InferReply, LaneEntry
 from hfqueue.errors import ModelLoadError
 from hfqueue.state.lane import SWEEP_EVERY, Lane, send_reply
-from hfqueue.worker import chunks, guard
+from hfqueue.worker import chunks, guard, reuse
 from hfqueue.worker.batching import gather
 from hfqueue.worker.context import WorkerContext, warm_imports
 from hfqueue.worker.models import resolve_device
@@ -133,7 +133,10 @@ def _serve(ctx: WorkerContext, lane: Lane, device: str, group: list[Entry]) -> N
     started = time.perf_counter()
     try:
         spec = chunks.spec_from_wire(live[0].body.spec)
-        loaded, results = ctx.run(spec, rows, device, max_batch_tokens=ctx.settings.request_tokens(device))
+        # Small jobs' rows may come from (and go to) the result cache; client.infer rows always run.
+        reusable = [e.body.job is not None for e in live for _ in e.body.inputs]
+        fields, results = reuse.run(ctx, spec, rows, device, max_batch_tokens=ctx.settings.request_tokens(device),
+                                    reusable=reusable)
     except Exception as exc:  # noqa: BLE001 - the whole group failed: every entry hears why
         for entry in live:
             _fail_entry(ctx, entry, exc)
@@ -142,13 +145,10 @@ def _serve(ctx: WorkerContext, lane: Lane, device: str, group: list[Entry]) -> N
     seconds, start = time.perf_counter() - started, 0
     for entry in live:
         n = entry.rows
-        part = RowResults(results.outputs[start:start + n],
-                          {i - start: e for i, e in results.errors.items() if start <= i < start + n},
-                          {i - start for i in results.truncated if start <= i < start + n},
-                          results.exact_batches)  # the group's passes were shared: each job counts them
+        part = results.slice(start, n)
         info = {"seconds": round(seconds, 4), "batched_with": len(live), "worker": lane.consumer}
         if entry.body.job is not None:
-            chunks.record_model(ctx, entry.body.job.job_id, spec, loaded, part)
+            chunks.record_model(ctx, entry.body.job.job_id, fields, part)
             _complete_job(ctx, entry, entry.body.job, part, info)
         else:
             _reply(ctx, entry, part.outputs, part.errors, info)

@@ -37,18 +37,32 @@ class BatchStopped(HfqError):
 
 @dataclass
 class RowResults:
-    """One slot per input row: its output dict, or None with ``(error type, message)`` in ``errors``;
+    """One slot per input row: its output dict, or None with ``(error type, message)`` in ``errors``, or None with the
+    row listed in ``reused_at`` (its outputs are that row of ``reused``, copied from the result cache);
     ``truncated``: the rows cut to the model's input limit."""
 
     outputs: list[dict[str, Any] | None]
     errors: dict[int, tuple[str, str]] = field(default_factory=dict)
     truncated: set[int] = field(default_factory=set)
     exact_batches: int = 0  # reduced-precision batches that came out NaN or inf and ran again in float32
+    reused_at: list[int] = field(default_factory=list)  # rows taken from the result cache (hfqueue.worker.reuse)
+    reused: Any = None  # a pyarrow Table of their output columns, row i for reused_at[i]
 
     @property
     def rows_truncated(self) -> int:
         """Rows that were cut to the limit and gave an output."""
-        return sum(1 for i in self.truncated if self.outputs[i] is not None)
+        reused = set(self.reused_at)
+        return sum(1 for i in self.truncated if self.outputs[i] is not None or i in reused)
+
+    def slice(self, start: int, n: int) -> "RowResults":
+        """The results of rows ``[start, start + n)``, numbered from 0 (one lane entry's share of a group's run)."""
+        inside = [j for j, i in enumerate(self.reused_at) if start <= i < start + n]
+        return RowResults(self.outputs[start:start + n],
+                          {i - start: e for i, e in self.errors.items() if start <= i < start + n},
+                          {i - start for i in self.truncated if start <= i < start + n},
+                          self.exact_batches,  # the group's passes were shared: each entry counts them
+                          [self.reused_at[j] - start for j in inside],
+                          self.reused.take(inside) if self.reused is not None and inside else None)
 
 
 def infer_rows(task: Task, loaded: LoadedModel, rows: list[Any], options: dict[str, Any], *,

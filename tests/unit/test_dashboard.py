@@ -23,7 +23,7 @@ DATASOURCE = "${datasource}"
 WORKER_FAMILIES = {
     "hfq_rows", "hfq_tokens", "hfq_batches", "hfq_batch_rows", "hfq_batch_padding_efficiency",
     "hfq_batch_seconds", "hfq_queue_wait_seconds", "hfq_model_loads", "hfq_model_load_seconds",
-    "hfq_model_cache_hits", "hfq_model_cache_evictions", "hfq_models_resident", "hfq_oom_splits", "hfq_exact_fallbacks",
+    "hfq_model_cache_hits", "hfq_model_cache_evictions", "hfq_models_resident", "hfq_oom_splits", "hfq_exact_fallbacks", "hfq_rows_reused",
     "hfq_errors", "hfq_chunks", "hfq_gpu_memory_allocated_bytes", "hfq_gpu_memory_reserved_bytes",
     "hfq_gpu_memory_total_bytes", "process_resident_memory_bytes",
 }

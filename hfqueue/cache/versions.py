@@ -1,0 +1,107 @@
+"""What a model (or PEFT adapter) resolves to, without loading it: the version part of a result-cache fingerprint.
+
+- A local folder: ``sha256:<hex>`` of the names and contents of its files (hidden ones aside). Hashing reads every
+  byte once per process and version: it is remembered by the files' sizes and modification times, so a
+  later call costs a ``stat`` per file.
+- A Hub model: the commit its revision resolves to. A full commit hash is taken as given; a branch, tag or short
+  hash is resolved through the Hub when online, else through the local Hub cache's refs and snapshots (where
+  offline workers load from).
+
+None when the version cannot be known: nothing is then reused or stored for the job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import threading
+import time
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+_lock = threading.Lock()
+_folders: dict[tuple[str, tuple[tuple[str, int, int], ...]], str] = {}
+
+
+def model_version(model: str, revision: str | None) -> str | None:
+    """The resolved version of ``model`` at ``revision`` (see the module), or None when it cannot be resolved."""
+    folder = Path(model).expanduser()
+    if folder.is_dir():
+        return folder_hash(folder)
+    if revision is not None and _COMMIT.match(revision):
+        return revision
+    return hub_commit(model, revision or "main")
+
+
+def folder_hash(folder: Path) -> str:
+    """``sha256:<hex>`` of the relative names and contents of the files under ``folder`` (not hidden ones)."""
+    root = folder.resolve()
+    files = sorted(p for p in root.rglob("*") if p.is_file() and not any(
+        part.startswith(".") for part in p.relative_to(root).parts))
+    signature = tuple((str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+    with _lock:
+        known = _folders.get((str(root), signature))
+    if known is not None:
+        return known
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(str(path.relative_to(root)).encode() + b"\0")
+        with path.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 22), b""):
+                digest.update(block)
+        digest.update(b"\0")
+    value = f"sha256:{digest.hexdigest()}"
+    with _lock:
+        _folders[(str(root), signature)] = value
+    return value
+
+
+_REMEMBER_SECONDS = 60  # the Hub is asked again after this: a branch may move
+_commits: dict[tuple[str, str], tuple[float, str | None]] = {}
+
+
+def hub_commit(repo_id: str, revision: str) -> str | None:
+    """The commit ``revision`` of Hub repo ``repo_id`` points at: asked of the Hub when online (remembered for a
+    minute), else read from the local Hub cache. None when neither knows."""
+    with _lock:
+        at, known = _commits.get((repo_id, revision), (0.0, None))
+    if time.monotonic() - at < _REMEMBER_SECONDS:
+        return known
+    commit = _ask_hub(repo_id, revision)
+    with _lock:
+        _commits[(repo_id, revision)] = (time.monotonic(), commit)
+    return commit
+
+
+def _ask_hub(repo_id: str, revision: str) -> str | None:
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() not in ("1", "true", "yes", "on"):
+        try:
+            from huggingface_hub import HfApi
+
+            sha = HfApi().model_info(repo_id, revision=revision, timeout=10).sha
+            if sha:
+                return str(sha)
+        except Exception as exc:  # noqa: BLE001 - unreachable Hub, unknown repo: the local cache may still know
+            logger.debug("cannot resolve %s@%s on the Hub: %s", repo_id, revision, exc)
+    return cached_commit(repo_id, revision)
+
+
+def cached_commit(repo_id: str, revision: str, cache_dir: Path | None = None) -> str | None:
+    """The commit of ``revision`` in the local Hub cache: a ref (branch, tag) file, or the one snapshot whose
+    name starts with a short hash. None when the cache holds neither."""
+    from huggingface_hub import constants
+
+    repo = Path(cache_dir or constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}"
+    ref = repo / "refs" / revision
+    if ref.is_file():
+        commit = ref.read_text().strip()
+        return commit if _COMMIT.match(commit) else None
+    if re.fullmatch(r"[0-9a-f]{7,40}", revision):
+        found = [p.name for p in (repo / "snapshots").glob(f"{revision}*") if _COMMIT.match(p.name)]
+        if len(found) == 1:
+            return found[0]
+    return None
