@@ -28,6 +28,7 @@ bench: install  ## hfqueue against the plain alternatives, side by side (writes 
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[bench]'
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/embeddings.py
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/generation.py
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/reuse.py
 
 down:  ## stop the embedded redis-server
 	$(BIN)/hfq down

@@ -111,7 +111,10 @@ def sentence_transformers_encode(path: Path, rows: list[str], repeats: int) -> t
 
 @contextlib.contextmanager
 def running_worker(work: Path, overrides: dict[str, Any]) -> Iterator[Client]:
-    """A real redis-server and one real worker with ``overrides``; yields a client once the worker answers."""
+    """A real redis-server and one real worker with ``overrides``; yields a client once the worker answers.
+
+    The result cache is off unless ``overrides`` turn it on: these contenders are timed computing their rows."""
+    overrides = {"reuse": False, **overrides}
     with RedisServer(work / "redis") as server:
         # The worker checks a job's paths against its own roots: give it the same ones as the client.
         roots = [work, minilm_path()]
