@@ -69,6 +69,9 @@ def run_demo(settings: Settings, rows: int = 2000) -> int:
         print(f"job {job.id}: {status.state.value}, {status.rows_done} rows in {status.elapsed:.1f} s "
               f"({status.rows_per_second:.1f} rows/s, model load included; {status.rows_truncated} rows cut to the "
               "model's input limit)")
+        if status.rows_reused:
+            print(f"{status.rows_reused} of them were copied from the result cache of an earlier run, not computed "
+                  "(HFQ_REUSE=false computes them again)")
         print(f"results: {job.output_dir} (Parquet parts + manifest.json)")
         ds = job.result()
         query = client.submit(task="feature-extraction", model=str(minilm_path()), inputs=[QUERY]).result(timeout=600)

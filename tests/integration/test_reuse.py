@@ -209,3 +209,35 @@ def test_a_chunk_whose_rows_all_hit_never_loads_the_model(reusing: Reusing, sett
     manifest = json.loads((job.output_dir / "manifest.json").read_text())
     assert manifest["resolved"]["pooling"] == "cls"
     worker.stop()
+
+
+def test_an_openai_batch_file_run_again_reuses_its_rows(reusing: Reusing, st_cls: Path, causal_lm: Path,
+                                                        tmp_path: Path) -> None:
+    # given an OpenAI batch file of embeddings and greedy chat requests, run once
+    lines = [{"custom_id": f"emb-{i}", "method": "POST", "url": "/v1/embeddings",
+              "body": {"model": str(st_cls), "input": text}} for i, text in enumerate(sentences(4, seed=19))]
+    lines.append({"custom_id": "chat", "method": "POST", "url": "/v1/chat/completions",
+                  "body": {"model": str(causal_lm), "max_tokens": 4, "temperature": 0,
+                           "messages": [{"role": "user", "content": "Say hello."}]}})
+    path = tmp_path / "requests.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+    def bodies(batch: object) -> dict[str, object]:
+        out = [json.loads(line) for line in batch.output_file.read_text().splitlines()]  # type: ignore[attr-defined]
+        return {line["custom_id"]: _content(line["response"]["body"]) for line in out}
+
+    first = reusing.client.submit_openai_batch(path)
+    first.wait(timeout=120, poll_interval=0.2)
+    # when the same file runs again
+    second = reusing.client.submit_openai_batch(path)
+    second.wait(timeout=120, poll_interval=0.2)
+    # then every request's rows were copied, and every answer equals the first run's
+    assert sum(job.status().rows_reused for job in second.jobs()) == len(lines)
+    assert bodies(second) == bodies(first)
+
+
+def _content(body: dict) -> object:
+    """What an OpenAI response body answers (not its ids and timestamps)."""
+    if "data" in body:
+        return [item["embedding"] for item in body["data"]]
+    return [choice["message"]["content"] for choice in body["choices"]]

@@ -69,3 +69,14 @@ def test_transient_errors_are_retried_and_refusals_are_not(monkeypatch: pytest.M
     assert retry(flaky, "commit") == "done"
     with pytest.raises(PublishError, match=r"could not commit \(_Status: HTTP 403\)$"):
         retry(refused, "commit")
+
+
+def test_the_dataset_card_says_how_many_rows_were_reused() -> None:
+    from hfqueue.sinks.card import render
+
+    # given the manifest of a job that copied 41 of its 51 rows from the result cache
+    manifest = {"job_id": "j", "spec": {"task": "feature-extraction", "model": "m", "dataset": "d.parquet", "split": "train"},
+                "rows_total": 51, "rows_done": 51, "rows_failed": 0, "rows_reused": 41, "finished_at": 1.0}
+    # when its card is rendered, then the rows line says so; a job that reused nothing says nothing of it
+    assert "51 results, 0 errors, 41 reused from earlier runs" in render(manifest, [])
+    assert "reused" not in render({**manifest, "rows_reused": 0}, [])

@@ -25,3 +25,12 @@ def test_status_says_how_many_rows_were_truncated_only_when_some_were() -> None:
     assert "truncated" not in status_text(whole, {})
     # and the JSON view carries the count
     assert status_json(cut, {})["rows_truncated"] == 3
+
+
+def test_status_says_how_many_rows_were_reused_only_when_some_were() -> None:
+    # given a job of which 7 rows came from the result cache, and one with none reused
+    reused, computed = status(rows_done=10, rows_reused=7), status(rows_done=10)
+    # when their status is printed, then the first says so and the second says nothing of it
+    assert "reused 7 rows" in status_text(reused, {})
+    assert "reused" not in status_text(computed, {})
+    assert status_json(reused, {})["rows_reused"] == 7
