@@ -6,6 +6,9 @@ BIN := $(VENV)/bin
 # GPU host the same pin gets PyPI's CUDA build. Override with `make TORCH_SPEC=torch==X.Y.Z`.
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed-stamp
+# pytest-xdist processes for `make test`: each runs whole test files with its own redis-server and session worker
+# (most of a test's time is waiting on processes, so two halve the suite's time on a 2-core machine).
+TEST_PROCESSES ?= 2
 
 .PHONY: install run test bench down clean
 
@@ -22,7 +25,7 @@ run: install  ## embed 2,000 real sentences with all-MiniLM-L6-v2, end to end, o
 
 test: install  ## the layer contracts (import-linter), then the whole test suite (real redis-server, real workers, tiny models)
 	$(BIN)/lint-imports
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -n $(TEST_PROCESSES) --dist loadfile
 
 bench: install  ## hfqueue against the plain alternatives, side by side (writes benchmarks/results/)
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[bench]'

@@ -98,7 +98,8 @@ def settings(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
 
 def settings_env(settings: Settings) -> dict[str, str]:
     """The environment that gives a child process (worker, hfq command) the same settings."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HFQ_")}
+    # Not COLUMNS/LINES either: pytest-xdist's workers set them to 80x24, which would narrow a child's terminal tables.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HFQ_") and k not in ("COLUMNS", "LINES")}
     for name, value in settings.model_dump(mode="json").items():
         secret = getattr(settings, name)
         if isinstance(secret, SecretStr):  # JSON mode masks it

@@ -77,7 +77,9 @@ def in_terminal(args: list[str], env: dict[str, str], timeout: float = 90) -> tu
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 160, 0, 0))
     proc = subprocess.Popen([sys.executable, "-m", "hfqueue", *args], stdin=slave, stdout=slave, stderr=slave,
-                            env={**env, "TERM": "xterm-256color"}, close_fds=True)
+                            # COLUMNS/LINES would override the terminal's size (pytest-xdist's workers may set them)
+                            env={**{k: v for k, v in env.items() if k not in ("COLUMNS", "LINES")},
+                                 "TERM": "xterm-256color"}, close_fds=True)
     os.close(slave)
     out, deadline = bytearray(), time.monotonic() + timeout
     try:
