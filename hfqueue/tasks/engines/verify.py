@@ -32,7 +32,7 @@ def _pool_sentences(n: int) -> list[str]:
         for sentence in re.split(r"(?<=[.!?])\s+", " ".join(topics[key].split())):
             if len(sentence) > 20:
                 found.append(sentence)
-    found = sorted(set(found), key=len)
+    found = sorted(set(found), key=lambda s: (len(s), s))  # ties by text: a set's order changes per process
     # Evenly spaced through the lengths, interleaved short/long so that every batch mixes lengths (padding).
     spread = [found[i * (len(found) - 1) // max(1, n - 1)] for i in range(n)]
     return [spread[i // 2] if i % 2 == 0 else spread[n - 1 - i // 2] for i in range(n)]
