@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-stamp
 # (most of a test's time is waiting on processes, so two halve the suite's time on a 2-core machine).
 TEST_PROCESSES ?= 2
 
-.PHONY: install run test bench down clean
+.PHONY: install run test bench wheelhouse gpu-check down clean
 
 install: $(STAMP)
 
@@ -32,6 +32,14 @@ bench: install  ## hfqueue against the plain alternatives, side by side (writes 
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/embeddings.py
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/generation.py
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/reuse.py
+
+wheelhouse: install  ## cp312 wheels of what a bare GPU host lacks (benchmarks/gpu-host-packages.txt), within the 64 MiB it carries
+	$(BIN)/python benchmarks/wheelhouse.py
+
+# On the GPU host: its own python3 (the one holding torch); the wheelhouse fills in the rest, torch stays.
+GPU_PYTHON ?= python3
+gpu-check:  ## every GPU path as a real job on this host's GPUs, then the GPU benchmark (exits 0 saying what it skipped without a GPU)
+	HF_HUB_OFFLINE=1 $(GPU_PYTHON) benchmarks/gpu_check.py
 
 down:  ## stop the embedded redis-server
 	$(BIN)/hfq down

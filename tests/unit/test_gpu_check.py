@@ -1,0 +1,95 @@
+"""``make gpu-check`` where no GPU is: it says what it skipped and exits 0, and its CPU-runnable parts (job plumbing,
+answer checks, report writing, the benchmark's code) run for real with a CPU worker in the GPU worker's place."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def test_without_a_gpu_it_says_what_it_skipped_and_exits_0(tmp_path: Path) -> None:
+    # given a host where nvidia-smi does not exist
+    env = {**os.environ, "PATH": str(tmp_path)}
+    # when the check runs
+    done = subprocess.run([sys.executable, str(SCRIPT)], env=env, capture_output=True, text=True, timeout=60)
+    # then it exits 0 and names every path it skipped
+    import gpu_check
+
+    assert done.returncode == 0, done.stderr
+    assert all(f"SKIP  {path}: needs an NVIDIA GPU" in done.stdout for path in gpu_check.PATHS)
+
+
+def test_the_check_names_every_path_it_prints_when_skipping() -> None:
+    import gpu_check
+    import gpu_paths
+
+    assert [name for name, _ in gpu_paths.CHECKS] + ["benchmark"] == list(gpu_check.PATHS)
+
+
+def test_on_a_cpu_worker_the_plumbing_answers_and_report_are_real(tmp_path: Path) -> None:
+    # given no GPU: the check's --cpu mode, a CPU worker in the GPU worker's place
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HFQ_") and k not in ("COLUMNS", "LINES")}
+    done = subprocess.run([sys.executable, str(SCRIPT), "--cpu", "--out", str(tmp_path)], env=env,
+                          capture_output=True, text=True, timeout=280)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    # then the paths that run on a CPU passed against the CPU reference, the others were skipped with a reason
+    report = json.loads((tmp_path / "gpu-check.json").read_text())
+    status = {v["path"]: v["status"] for v in report["verdicts"]}
+    assert status.pop("prefetch (float32)") == status.pop("LoRA adapter") == status.pop("hfq workers devices") == "PASS"
+    assert set(status.values()) == {"SKIP"}
+    # and the report and the benchmark's results were written
+    assert "| LoRA adapter | PASS |" in (tmp_path / "gpu-check.md").read_text()
+    bench = json.loads((tmp_path / "gpu-bench-cpu-smoke.json").read_text())
+    assert bench["embeddings"]["min_cosine_to_loop"] > 0.9999  # the job's vectors are the hand loop's
+
+
+class _Rig(SimpleNamespace):
+    """A stand-in rig whose GPU side answers ``got`` and whose reference answers ``want`` (no worker)."""
+
+    def outputs(self, client: str, model: str, task: str = "feature-extraction", **fields: Any) -> Any:
+        rows = self.want if client == "ref" else self.got
+        column = pa.FixedSizeListArray.from_arrays(pa.array(rows.ravel()), rows.shape[1])
+        import datasets
+
+        ds = datasets.Dataset(pa.table({"embedding": column}))
+        return ds, SimpleNamespace(dtype=fields.get("dtype", "float32"))
+
+
+def test_an_answer_off_the_reference_fails_its_path() -> None:
+    import gpu_paths
+
+    # given GPU vectors that differ from the CPU reference by a little, then by a lot
+    want = np.random.default_rng(0).normal(size=(32, 16)).astype(np.float32)
+    close = _Rig(gpu=False, ref="ref", main="gpu", want=want, got=want + 1e-7)
+    off = _Rig(gpu=False, ref="ref", main="gpu", want=want, got=want[::-1].copy())
+    # then the first passes and the second fails, saying what it measured
+    assert gpu_paths.embeddings(close, "float32")["status"] == "PASS"
+    failed = gpu_paths.embeddings(off, "float32")
+    assert failed["status"] == "FAIL" and "min cosine" in failed["detail"]
+
+
+def test_the_wheelhouse_carries_what_the_host_lacks_never_torch() -> None:
+    import wheelhouse
+
+    # given what pip resolves and what the host has
+    resolved = {"torch": "2.13.0", "nvidia-cublas-cu12": "12.8", "triton": "3.6", "celery": "5.5.3",
+                "numpy": "2.3.0", "transformers": "5.24.0", "pydantic-core": "2.41.0"}
+    host, anyway = wheelhouse.host_packages()
+    # then the plan carries the missing ones and what must be newer, never the GPU stack
+    assert wheelhouse.plan(resolved, host, anyway) == {"celery": "5.5.3", "pydantic-core": "2.41.0",
+                                                       "transformers": "5.24.0"}
