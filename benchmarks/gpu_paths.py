@@ -149,9 +149,10 @@ def generation(rig: Rig, dtype: str) -> Verdict:
     if not rig.gpu:
         return verdict(path, None, "reduced precision runs on CUDA only")
     prompts, opts = sentences(64, seed=2), {"max_new_tokens": 16}
-    want = list(rig.outputs(rig.ref, "decoder", "text-generation", inputs=prompts, options=opts)[0]["text"])
-    got = list(rig.outputs(rig.main, "decoder", "text-generation", inputs=prompts, options=opts, dtype=dtype)[0]["text"])
-    same = float(np.mean([a == b for a, b in zip(want, got, strict=True)]))
+    want = rig.outputs(rig.ref, "decoder", "text-generation", inputs=prompts, options=opts)[0]["generated_text"]
+    got = rig.outputs(rig.main, "decoder", "text-generation", inputs=prompts, options=opts,
+                      dtype=dtype)[0]["generated_text"]
+    same = float(np.mean([a == b for a, b in zip(list(want), list(got), strict=True)]))
     return verdict(path, same >= SAME_TEXT[dtype], f"greedy text equal to CPU float32 on {same:.1%} of rows "
                    f"(>= {SAME_TEXT[dtype]:.0%})", same_text=same)
 

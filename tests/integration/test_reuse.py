@@ -142,7 +142,7 @@ def test_sampling_without_a_seed_is_never_stored_and_with_one_is_reused(reusing:
     # when they are sampled with a seed, twice
     seeded = [reusing.client.submit(task="text-generation", model=str(causal_lm), inputs=prompts,
                                     options={**options, "seed": 5}) for _ in range(2)]
-    texts = [list(job.result(timeout=120)["text"]) for job in seeded]
+    texts = [list(job.result(timeout=120)["generated_text"]) for job in seeded]
     # then the second run copies the first's texts
     assert seeded[1].status().rows_reused == len(prompts)
     assert texts[0] == texts[1]

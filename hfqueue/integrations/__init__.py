@@ -1,0 +1,1 @@
+"""Integrations of hfqueue with other libraries (optional extras): :mod:`hfqueue.integrations.langchain`."""
