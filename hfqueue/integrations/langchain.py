@@ -27,7 +27,7 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from hfqueue.client import Client
-from hfqueue.errors import HfqError
+from hfqueue.errors import HfqError, WaitTimeoutError
 
 _ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool"}
 
@@ -40,6 +40,8 @@ class _Queued(BaseModel):
     model: str = Field(description="Hub model id or local folder, as a job names it.")
     client: Any = Field(default=None, exclude=True, description="An hfqueue.Client; default: one from HFQ_*.")
     timeout: float = Field(default=600.0, gt=0, description="Seconds to wait for an answer.")
+    max_retries: int = Field(default=0, ge=0, description="Times a request is sent again when no worker answered it "
+                             "within the timeout (one no worker took is taken back first).")
     _own: Client | None = PrivateAttr(default=None)
 
     def _client(self) -> Client:
@@ -48,6 +50,15 @@ class _Queued(BaseModel):
         if self._own is None:
             self._own = Client()
         return self._own
+
+    def _infer(self, task: str, rows: list[Any], options: dict[str, Any], **fields: Any) -> list[dict[str, Any]]:
+        for attempt in range(self.max_retries + 1):
+            try:
+                return self._client().infer(task, rows, self.model, options=options, timeout=self.timeout, **fields)
+            except WaitTimeoutError:
+                if attempt == self.max_retries:
+                    raise
+        raise AssertionError("unreachable")
 
 
 class HfqueueEmbeddings(_Queued, Embeddings):
@@ -77,8 +88,7 @@ class HfqueueEmbeddings(_Queued, Embeddings):
 
     def embed_query(self, text: str) -> list[float]:
         """The vector of one text, through ``client.infer`` (no job, no files)."""
-        [out] = self._client().infer("feature-extraction", [text], self.model, options=self.options,
-                                     timeout=self.timeout, truncate=self.truncate)
+        [out] = self._infer("feature-extraction", [text], self.options, truncate=self.truncate)
         return [float(x) for x in out["embedding"]]
 
     async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
@@ -125,8 +135,7 @@ class ChatHfqueue(_Queued, BaseChatModel):
     def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
                   run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
         rows = [[{"role": _ROLES.get(m.type, m.type), "content": m.text} for m in messages]]
-        [out] = self._client().infer("text-generation", rows, self.model, options=self._options(stop, kwargs),
-                                     timeout=self.timeout)
+        [out] = self._infer("text-generation", rows, self._options(stop, kwargs))
         usage = UsageMetadata(input_tokens=out["prompt_tokens"], output_tokens=out["completion_tokens"],
                               total_tokens=out["prompt_tokens"] + out["completion_tokens"])
         message = AIMessage(content=out["generated_text"], usage_metadata=usage,
