@@ -241,3 +241,21 @@ def _content(body: dict) -> object:
     if "data" in body:
         return [item["embedding"] for item in body["data"]]
     return [choice["message"]["content"] for choice in body["choices"]]
+
+
+def test_a_resumed_job_reuses_rows_stored_before(reusing: Reusing, encoder: Path) -> None:
+    # given rows embedded once, and a job over the same rows that never ran (queued where no worker serves), cancelled
+    rows = sentences(20, seed=37)
+    expected = embeddings(reusing.client.submit(task="feature-extraction", model=str(encoder), inputs=rows,
+                                                chunk_size=8))
+    with Client(reusing.settings.model_copy(update={"queue": f"idle-{time.monotonic_ns()}"})) as idle:
+        stalled = idle.submit(task="feature-extraction", model=str(encoder), inputs=rows, chunk_size=8)
+        stalled.cancel()
+    # when it is resumed onto the module's worker
+    ran = reusing.ran()
+    resumed = reusing.client.resume(stalled.id)
+    found = embeddings(resumed)
+    # then its chunks took every row from the cache, none reached the model, and the vectors are the first run's
+    assert resumed.status().rows_reused == len(rows)
+    assert reusing.ran() == ran
+    np.testing.assert_array_equal(found, expected)
