@@ -63,7 +63,8 @@ def embeddings(rig: Rig, rows: list[str], device: str, dtype: Any) -> dict[str, 
     one = rows[: max(8, len(rows) // 40)]
     _, pipe_s = _timed(lambda: [pipe(r, truncation=True, max_length=512) for r in one])
     del model, pipe
-    torch.cuda.empty_cache() if rig.gpu else None
+    if rig.gpu:
+        torch.cuda.empty_cache()
     data = rig.work / "bench-rows.parquet"
     pq.write_table(pa.table({"text": rows}), data)
     job_dtype = "float16" if rig.gpu else "float32"
@@ -96,7 +97,8 @@ def generation(rig: Rig, prompts: list[str], device: str, dtype: Any, new: int) 
     per_row()  # warm-up
     _, row_s = _timed(per_row)
     del model
-    torch.cuda.empty_cache() if rig.gpu else None
+    if rig.gpu:
+        torch.cuda.empty_cache()
     opts = {"max_new_tokens": new, "min_new_tokens": new}
     name, job_dtype = ("bench-decoder", "float16") if rig.gpu else ("decoder", "float32")
     rig.outputs(rig.main, name, "text-generation", inputs=prompts[:16], options=opts, dtype=job_dtype)  # warm-up

@@ -28,7 +28,6 @@ import argparse
 import importlib.util
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -109,7 +108,6 @@ def main() -> int:
     for v in verdicts:
         print(f"{v['status']:<5} {v['path']}: {v['detail']}")
     print(f"{len(verdicts)} paths in {facts['seconds']} s; report in {args.out}/gpu-check.md")
-    shutil.rmtree(SITE, ignore_errors=True) if os.environ.get("HFQ_GPU_CHECK_CLEAN") else None
     return 1 if any(v["status"] == "FAIL" for v in verdicts) else 0
 
 

@@ -42,6 +42,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from hfqueue.core.config import Settings
 from hfqueue.files import atomic_path
 
 logger = logging.getLogger(__name__)
@@ -99,6 +100,11 @@ class Pruned:
 
 class ResultCache:
     """The cache in folder ``root``; ``max_bytes`` bounds it (None: unbounded). Safe to share between threads."""
+
+    @classmethod
+    def of(cls, settings: Settings) -> "ResultCache":
+        """The cache ``settings`` name: HFQ_CACHE_DIR (or the output root's), bounded by HFQ_CACHE_MAX_GB."""
+        return cls(settings.result_cache_dir(), max_bytes=int(settings.cache_max_gb * 1e9))
 
     def __init__(self, root: Path, max_bytes: int | None = None) -> None:
         self.root = Path(root).expanduser()
@@ -241,7 +247,8 @@ class ResultCache:
     def stats(self) -> list[ModelStats]:
         """Entries, bytes, lookups and hits per model, largest first."""
         with self._read() as db:
-            stored = {m: (e, b) for m, e, b in db.execute("SELECT model, SUM(rows), SUM(bytes) FROM packs GROUP BY model")}
+            stored = {m: (e, b) for m, e, b in
+                      db.execute("SELECT model, SUM(rows), SUM(bytes) FROM packs GROUP BY model")}
             looked = {m: (n, h) for m, n, h in db.execute("SELECT model, lookups, hits FROM stats")}
         out = [ModelStats(m, *stored.get(m, (0, 0)), *looked.get(m, (0, 0))) for m in {*stored, *looked}]
         return sorted(out, key=lambda s: (-s.bytes, s.model))
@@ -252,28 +259,26 @@ class ResultCache:
         recently used until the cache takes at most ``max_bytes``. Packs read in the last :data:`PIN_SECONDS` stay.
         Also removes files left by writers that died."""
         now = time.time()
-        victims: list[str] = []
+        victims: dict[str, int] = {}  # pack -> bytes, in the order chosen
         with self._write() as db:
             if older_than is not None or model is not None:
-                query = "SELECT pack FROM packs WHERE read < ?"
+                query = "SELECT pack, bytes FROM packs WHERE read < ?"
                 args: list[Any] = [now - PIN_SECONDS]
                 if older_than is not None:
                     query, args = query + " AND used < ?", [*args, now - older_than]
                 if model is not None:
                     query, args = query + " AND model = ?", [*args, model]
-                victims += [pack for (pack,) in db.execute(query, args)]
+                victims.update(db.execute(query, args))
             if max_bytes is not None:
-                chosen = set(victims)
-                total = self._size_locked(db) - sum(db.execute("SELECT bytes FROM packs WHERE pack = ?", (p,)).fetchone()[0]
-                                                    for p in chosen)
+                total = self._size_locked(db) - sum(victims.values())
                 for pack, size in db.execute("SELECT pack, bytes FROM packs WHERE read < ? ORDER BY used",
                                              (now - PIN_SECONDS,)):
                     if total <= max_bytes:
                         break
-                    if pack not in chosen:
-                        victims.append(pack)
+                    if pack not in victims:
+                        victims[pack] = size
                         total -= size
-            pruned = self._delete_locked(db, victims)
+            pruned = self._delete_locked(db, list(victims))
         for pack in victims:
             self._pack_path(pack).unlink(missing_ok=True)
         self._sweep(now)

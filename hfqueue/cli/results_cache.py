@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import sys
 
 from hfqueue.cache.store import ResultCache
 from hfqueue.core.config import Settings
@@ -21,13 +20,9 @@ def age(text: str) -> float:
     return float(match[1]) * _UNITS[match[2]]
 
 
-def _cache(settings: Settings) -> ResultCache:
-    return ResultCache(settings.result_cache_dir(), max_bytes=int(settings.cache_max_gb * 1e9))
-
-
 def stats(args: argparse.Namespace, settings: Settings) -> int:
     """Print the cache's size and, per model, its entries, bytes, lookups and hit rate."""
-    cache = _cache(settings)
+    cache = ResultCache.of(settings)
     models = cache.stats()
     size = cache.size()
     if args.json:
@@ -47,11 +42,11 @@ def stats(args: argparse.Namespace, settings: Settings) -> int:
 
 def prune(args: argparse.Namespace, settings: Settings) -> int:
     """Drop results unused for ``--older-than`` (of ``--model``), then the least recently used past the bound."""
-    cache = _cache(settings)
+    cache = ResultCache.of(settings)
     pruned = cache.prune(max_bytes=cache.max_bytes, older_than=args.older_than, model=args.model)
     if args.json:
         print(json.dumps({**vars(pruned), "bytes_left": cache.size()}, indent=2))
     else:
         print(f"pruned {pruned.entries} entries in {pruned.packs} packs ({pruned.bytes / 1e6:.1f} MB); "
-              f"{cache.size() / 1e6:.1f} MB left", file=sys.stdout)
+              f"{cache.size() / 1e6:.1f} MB left")
     return 0

@@ -67,8 +67,7 @@ class WorkerContext:
         """The result cache of this worker's output root (HFQ_CACHE_DIR), opened on first use."""
         with self.lock:
             if self.results is None:
-                self.results = ResultCache(self.settings.result_cache_dir(),
-                                           max_bytes=int(self.settings.cache_max_gb * 1e9))
+                self.results = ResultCache.of(self.settings)
             return self.results
 
     def model(self, task: tasks.Task, spec: JobSpec, device: str) -> LoadedModel:

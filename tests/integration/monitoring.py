@@ -73,13 +73,12 @@ def start_flower(env: dict[str, str], port: int, log: Path, *args: str) -> subpr
 
 def in_terminal(args: list[str], env: dict[str, str], timeout: float = 90) -> tuple[int, str]:
     """Run ``hfq ARGS`` with a pseudo-terminal as its stdout (160 columns); its exit code and its output,
-    escape sequences removed."""
+    escape sequences removed. ``env`` comes from ``settings_env``, which leaves out COLUMNS/LINES (they would
+    override the terminal's size)."""
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 160, 0, 0))
     proc = subprocess.Popen([sys.executable, "-m", "hfqueue", *args], stdin=slave, stdout=slave, stderr=slave,
-                            # COLUMNS/LINES would override the terminal's size (pytest-xdist's workers may set them)
-                            env={**{k: v for k, v in env.items() if k not in ("COLUMNS", "LINES")},
-                                 "TERM": "xterm-256color"}, close_fds=True)
+                            env={**env, "TERM": "xterm-256color"}, close_fds=True)
     os.close(slave)
     out, deadline = bytearray(), time.monotonic() + timeout
     try:

@@ -29,10 +29,13 @@ _used: dict[str, Any] = {}
 
 @pytest.fixture(autouse=True)
 def _session_models(client: Client, causal_lm: Path, st_cls: Path) -> None:
-    _used.update(client=client, causal_lm=str(causal_lm), st_cls=str(st_cls))
+    _used.update(client=client, causal_lm=str(causal_lm), st_cls=str(st_cls),
+                 minilm=str(minilm_path()) if minilm_installed() else "")
 
 
-class TestChatUnit(ChatModelUnitTests):
+class _Chat:
+    """The chat model every chat suite builds: the tiny GPT-2 on the session's worker."""
+
     @property
     def chat_model_class(self) -> type[ChatHfqueue]:
         return ChatHfqueue
@@ -42,14 +45,28 @@ class TestChatUnit(ChatModelUnitTests):
         return {"model": _used["causal_lm"], "client": _used["client"]}
 
 
-class TestChatIntegration(ChatModelIntegrationTests):
-    @property
-    def chat_model_class(self) -> type[ChatHfqueue]:
-        return ChatHfqueue
+class _Embeddings:
+    """The embeddings every embeddings suite builds (``model_key``: the model from ``_used``)."""
+
+    model_key = "st_cls"
 
     @property
+    def embeddings_class(self) -> type[HfqueueEmbeddings]:
+        return HfqueueEmbeddings
+
+    @property
+    def embedding_model_params(self) -> dict[str, Any]:
+        return {"model": _used[self.model_key], "client": _used["client"]}
+
+
+class TestChatUnit(_Chat, ChatModelUnitTests):
+    pass
+
+
+class TestChatIntegration(_Chat, ChatModelIntegrationTests):
+    @property
     def chat_model_params(self) -> dict[str, Any]:
-        return {"model": _used["causal_lm"], "client": _used["client"], "max_tokens": 8}
+        return {**super().chat_model_params, "max_tokens": 8}
 
     # A local text-generation model has no tool calling, structured output or media inputs: those standard tests are
     # skipped by the suite itself once these say so.
@@ -66,35 +83,17 @@ class TestChatIntegration(ChatModelIntegrationTests):
         return False
 
 
-class TestEmbeddingsUnit(EmbeddingsUnitTests):
-    @property
-    def embeddings_class(self) -> type[HfqueueEmbeddings]:
-        return HfqueueEmbeddings
-
-    @property
-    def embedding_model_params(self) -> dict[str, Any]:
-        return {"model": _used["st_cls"], "client": _used["client"]}
+class TestEmbeddingsUnit(_Embeddings, EmbeddingsUnitTests):
+    pass
 
 
-class TestEmbeddingsIntegration(EmbeddingsIntegrationTests):
-    @property
-    def embeddings_class(self) -> type[HfqueueEmbeddings]:
-        return HfqueueEmbeddings
-
-    @property
-    def embedding_model_params(self) -> dict[str, Any]:
-        return {"model": _used["st_cls"], "client": _used["client"]}
+class TestEmbeddingsIntegration(_Embeddings, EmbeddingsIntegrationTests):
+    pass
 
 
 @pytest.mark.skipif(not minilm_installed(), reason="the real all-MiniLM-L6-v2 package is a dev dependency")
-class TestMiniLMEmbeddingsIntegration(EmbeddingsIntegrationTests):
-    @property
-    def embeddings_class(self) -> type[HfqueueEmbeddings]:
-        return HfqueueEmbeddings
-
-    @property
-    def embedding_model_params(self) -> dict[str, Any]:
-        return {"model": str(minilm_path()), "client": _used["client"]}
+class TestMiniLMEmbeddingsIntegration(_Embeddings, EmbeddingsIntegrationTests):
+    model_key = "minilm"
 
 
 def test_vectors_equal_a_feature_extraction_job(client: Client, st_cls: Path) -> None:

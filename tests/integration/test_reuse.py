@@ -7,6 +7,7 @@ counted by its metrics (``hfq_rows_total``: rows that ran through the model; ``h
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -107,8 +108,6 @@ def _perturbed(encoder: Path, folder: Path) -> Path:
 def test_anything_that_changes_outputs_reuses_nothing(reusing: Reusing, encoder: Path, tmp_path: Path,
                                                       change: str) -> None:
     # given a copy of the encoder and rows embedded once with it
-    import shutil
-
     model = Path(shutil.copytree(encoder, tmp_path / "model"))
     rows = sentences(12, seed=7)
     reusing.client.submit(task="feature-extraction", model=str(model), inputs=rows, chunk_size=16).wait(timeout=120)
@@ -154,7 +153,7 @@ def test_small_jobs_on_the_request_lane_reuse_too(reusing: Reusing, classifier: 
     first = reusing.client.submit(task="text-classification", model=str(classifier), inputs=rows,
                                   options={"top_k": None})
     expected = first.result(timeout=60).to_list()
-    # when it runs again beside a client.infer request for the same model
+    # when it runs again
     ran = reusing.ran()
     second = reusing.client.submit(task="text-classification", model=str(classifier), inputs=rows,
                                    options={"top_k": None})
