@@ -108,6 +108,11 @@ def test_vectors_equal_a_feature_extraction_job(client: Client, st_cls: Path) ->
     np.testing.assert_allclose(np.asarray(large), expected, atol=1e-5)
     np.testing.assert_allclose(np.asarray(small), expected[:5], atol=1e-5)
     np.testing.assert_allclose(np.asarray(query), expected[0], atol=1e-5)
+    # and with sentence-transformers' own encode of the same model (CLS pooling, normalized)
+    from sentence_transformers import SentenceTransformer
+
+    library = SentenceTransformer(str(st_cls), device="cpu").encode(texts, convert_to_numpy=True)
+    np.testing.assert_allclose(np.asarray(large), library, atol=1e-5)
 
 
 def test_chat_messages_go_through_the_chat_template_with_stop_and_max_tokens(client: Client, causal_lm: Path) -> None:
@@ -123,6 +128,20 @@ def test_chat_messages_go_through_the_chat_template_with_stop_and_max_tokens(cli
                         inputs=[[{"role": "system", "content": "You are brief."},
                                  {"role": "user", "content": "Say hello."}]])
     assert free.text == job.result(timeout=60)["generated_text"][0]
+    # and what the model's own chat template and greedy model.generate give
+    import torch
+    import transformers
+
+    tok = transformers.AutoTokenizer.from_pretrained(causal_lm)
+    enc = tok(tok.apply_chat_template([{"role": "system", "content": "You are brief."},
+                                       {"role": "user", "content": "Say hello."}],
+                                      add_generation_prompt=True, tokenize=False),
+              add_special_tokens=False, return_tensors="pt")
+    enc.pop("token_type_ids", None)
+    with torch.inference_mode():
+        ids = transformers.AutoModelForCausalLM.from_pretrained(causal_lm).eval().generate(
+            **enc, max_new_tokens=12, do_sample=False, pad_token_id=tok.pad_token_id)[0]
+    assert free.text == tok.decode(ids[enc["input_ids"].shape[1]:], skip_special_tokens=True)
     assert stopped.text == free.text[:free.text.find(word)]
     assert short.usage_metadata is not None and short.usage_metadata["output_tokens"] <= 3
     assert free.response_metadata["finish_reason"] in ("stop", "length")
