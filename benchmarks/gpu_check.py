@@ -66,6 +66,15 @@ def ensure_dependencies() -> None:
                     "--no-cache-dir", "--upgrade", "--target", str(SITE), *map(str, wheels)], check=True)
     path = os.pathsep.join([str(SITE), str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     os.environ.update(PYTHONPATH=path, HFQ_GPU_CHECK_INSTALLED="1")
+    # The host's own packages stay (pyarrow, pandas, huggingface-hub, ...), at versions read nowhere but there: say
+    # which of them the carried wheels want newer before a path fails on it, so the next wheelhouse can carry them.
+    carried = {w.name.split("-")[0].replace("_", "-").lower() for w in wheels}
+    check = subprocess.run([sys.executable, "-m", "pip", "check"], capture_output=True, text=True).stdout
+    unmet = [line for line in check.splitlines() if line.split(" ")[0].replace("_", "-").lower() in carried]
+    if unmet:
+        print("the host's packages do not meet the carried wheels' requirements; add them to CARRY_ANYWAY in "
+              "benchmarks/gpu-host-packages.txt and run `make wheelhouse` again:\n  " + "\n  ".join(unmet),
+              file=sys.stderr)
     os.execv(sys.executable, [sys.executable, *sys.argv])
 
 
