@@ -38,8 +38,9 @@ wheelhouse: install  ## cp312 wheels of what a bare GPU host lacks (benchmarks/g
 
 # On the GPU host: its own python3 (the one holding torch); the wheelhouse fills in the rest, torch stays.
 GPU_PYTHON ?= python3
+GPU_CHECK_ARGS ?=  # e.g. --out DIR (the reports' folder), --skip-bench
 gpu-check:  ## every GPU path as a real job on this host's GPUs, then the GPU benchmark (exits 0 saying what it skipped without a GPU)
-	HF_HUB_OFFLINE=1 $(GPU_PYTHON) benchmarks/gpu_check.py
+	HF_HUB_OFFLINE=1 $(GPU_PYTHON) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
 
 down:  ## stop the embedded redis-server
 	$(BIN)/hfq down
