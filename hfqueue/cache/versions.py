@@ -22,7 +22,7 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+COMMIT = re.compile(r"^[0-9a-f]{40}$")  # a full Hub commit hash
 _lock = threading.Lock()
 _folders: dict[tuple[str, tuple[tuple[str, int, int], ...]], str] = {}
 
@@ -32,7 +32,7 @@ def model_version(model: str, revision: str | None) -> str | None:
     folder = Path(model).expanduser()
     if folder.is_dir():
         return folder_hash(folder)
-    if revision is not None and _COMMIT.match(revision):
+    if revision is not None and COMMIT.match(revision):
         return revision
     return hub_commit(model, revision or "main")
 
@@ -66,7 +66,10 @@ _commits: dict[tuple[str, str], tuple[float, str | None]] = {}
 
 def hub_commit(repo_id: str, revision: str) -> str | None:
     """The commit ``revision`` of Hub repo ``repo_id`` points at: asked of the Hub when online (remembered for a
-    minute), else read from the local Hub cache. None when neither knows."""
+    minute), else read from the local Hub cache (each time: a file read, and the cache's refs move when someone
+    downloads a newer commit). None when neither knows."""
+    if _offline():
+        return cached_commit(repo_id, revision)
     with _lock:
         at, known = _commits.get((repo_id, revision), (0.0, None))
     if time.monotonic() - at < _REMEMBER_SECONDS:
@@ -77,16 +80,19 @@ def hub_commit(repo_id: str, revision: str) -> str | None:
     return commit
 
 
-def _ask_hub(repo_id: str, revision: str) -> str | None:
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() not in ("1", "true", "yes", "on"):
-        try:
-            from huggingface_hub import HfApi
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
 
-            sha = HfApi().model_info(repo_id, revision=revision, timeout=10).sha
-            if sha:
-                return str(sha)
-        except Exception as exc:  # noqa: BLE001 - unreachable Hub, unknown repo: the local cache may still know
-            logger.debug("cannot resolve %s@%s on the Hub: %s", repo_id, revision, exc)
+
+def _ask_hub(repo_id: str, revision: str) -> str | None:
+    try:
+        from huggingface_hub import HfApi
+
+        sha = HfApi().model_info(repo_id, revision=revision, timeout=10).sha
+        if sha:
+            return str(sha)
+    except Exception as exc:  # noqa: BLE001 - unreachable Hub, unknown repo: the local cache may still know
+        logger.debug("cannot resolve %s@%s on the Hub: %s", repo_id, revision, exc)
     return cached_commit(repo_id, revision)
 
 
@@ -99,9 +105,9 @@ def cached_commit(repo_id: str, revision: str, cache_dir: Path | None = None) ->
     ref = repo / "refs" / revision
     if ref.is_file():
         commit = ref.read_text().strip()
-        return commit if _COMMIT.match(commit) else None
+        return commit if COMMIT.match(commit) else None
     if re.fullmatch(r"[0-9a-f]{7,40}", revision):
-        found = [p.name for p in (repo / "snapshots").glob(f"{revision}*") if _COMMIT.match(p.name)]
+        found = [p.name for p in (repo / "snapshots").glob(f"{revision}*") if COMMIT.match(p.name)]
         if len(found) == 1:
             return found[0]
     return None

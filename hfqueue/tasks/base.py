@@ -46,6 +46,7 @@ class LoadedModel:
     broken: bool = False  # a PEFT adapter that failed half-applied left it unusable: the cache loads it again
     max_tokens: int | None = None  # the model's own input limit (tokenizer, positions, max_seq_length); None: none
     dtype: str = ""  # the precision it runs in (hfqueue.tasks.precision; set by the cache)
+    version: str | None = None  # what its files resolved to when loaded (hfqueue.cache.versions; set by the cache)
 
 
 class Task:

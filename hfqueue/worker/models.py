@@ -1,5 +1,11 @@
-"""Models resident in a worker process: loaded once per (task, model, revision, device, dtype, quantization, engine),
-LRU-bounded. PEFT adapters are applied on top of these (hfqueue.worker.peft_adapters), not loaded as models."""
+"""Models resident in a worker process: loaded once per (task, model, revision, device, dtype, quantization, engine)
+and the version the model resolves to, LRU-bounded. PEFT adapters are applied on top of these
+(hfqueue.worker.peft_adapters), not loaded as models.
+
+A model's files can change under its name: a local folder rewritten in place, a Hub branch that moved. Each lookup
+resolves the model's version (:func:`hfqueue.cache.versions.model_version`: a folder's content hash, remembered by
+its files' sizes and modification times; a Hub revision's commit), so a changed model loads anew and the old one
+leaves, instead of serving outputs of weights that are no longer there."""
 
 from __future__ import annotations
 
@@ -10,14 +16,15 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
+from hfqueue.cache.versions import COMMIT, model_version
 from hfqueue.core.hooks import Hooks
 from hfqueue.tasks.base import LoadedModel, Task
 from hfqueue.tasks.engines.attach import attach
 
 logger = logging.getLogger(__name__)
 
-# task, model, revision, device, dtype, quantization, engine
-ModelKey = tuple[str, str, str | None, str, str, str | None, str]
+# task, model, revision, version, device, dtype, quantization, engine
+ModelKey = tuple[str, str, str | None, str | None, str, str, str | None, str]
 
 
 def resolve_device(device: str) -> str:
@@ -49,7 +56,7 @@ class ModelCache:
     def resident(self) -> list[dict[str, Any]]:
         """The resident models, oldest load first: task, model, revision, device, dtype, quantization, the devices
         their weights lie on and the PEFT adapters applied to them (least recently used first)."""
-        names = ("task", "model", "revision", "device", "dtype", "quantization", "engine")
+        names = ("task", "model", "revision", "version", "device", "dtype", "quantization", "engine")
         return [{**dict(zip(names, key, strict=True)), "devices": list(loaded.devices),
                  "adapters": list(loaded.peft.sources) if loaded.peft is not None else []}
                 for key, loaded in self._entries]
@@ -64,7 +71,8 @@ class ModelCache:
             engine_cache: Path | None = None) -> LoadedModel:
         """The loaded model for this key, loading it (and evicting the oldest) on a miss; with an ``engine`` other
         than torch, its body runs on that engine (built or found in ``engine_cache``, verified against torch)."""
-        key: ModelKey = (task.name, model, revision, device, dtype, quantization, engine)
+        version = model_version(model, revision)  # None: unresolvable here (loading decides)
+        key: ModelKey = (task.name, model, revision, version, device, dtype, quantization, engine)
         if key in self._models and self._models[key].broken:
             logger.warning("dropping %s (%s): a PEFT adapter that failed to load left it unusable", model, task.name)
             del self._models[key]
@@ -74,11 +82,14 @@ class ModelCache:
             self._models.move_to_end(key)
             self.hooks.cache_hit(task.name, model)
             return self._models[key]
+        self._drop_other_versions(key)
         started = time.perf_counter()
-        loaded = task.load(model, revision=revision, device=device, dtype=dtype, quantization=quantization,
-                              trust_remote_code=trust_remote_code, device_map=self.device_map,
-                              max_memory=self.max_memory)
-        loaded.name, loaded.dtype = model, dtype
+        # A Hub revision loads at the commit it resolved to, so what runs is the version the key (and the result
+        # cache's fingerprint) names, even if the branch moves during the load.
+        at = version if version is not None and COMMIT.match(version) else revision
+        loaded = task.load(model, revision=at, device=device, dtype=dtype, quantization=quantization,
+                           trust_remote_code=trust_remote_code, device_map=self.device_map, max_memory=self.max_memory)
+        loaded.name, loaded.dtype, loaded.version = model, dtype, version
         if engine != "torch":
             attach(loaded, engine=engine, cache_root=engine_cache or Path("~/.cache/hfqueue/engines"), model_id=model)
         seconds = time.perf_counter() - started
@@ -95,6 +106,18 @@ class ModelCache:
         self._entries = tuple(self._models.items())
         self.hooks.models_resident(len(self._models))
         return loaded
+
+    def _drop_other_versions(self, key: ModelKey) -> None:
+        """Unload the resident models that differ from ``key`` only in version: their files changed."""
+        same = key[:3] + key[4:]
+        changed = [k for k in self._models if k[:3] + k[4:] == same]
+        for old in changed:
+            logger.info("%s (%s) changed (version %s, was %s): loading it again", key[1], key[0], key[3], old[3])
+            del self._models[old]
+            self.hooks.model_evicted(old[0], old[1])
+        if changed:
+            self._entries = tuple(self._models.items())
+            free_device_memory(key[4])
 
 
 def free_device_memory(device: str) -> None:

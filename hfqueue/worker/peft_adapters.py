@@ -31,6 +31,7 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
+from hfqueue.cache.versions import model_version
 from hfqueue.core import paths
 from hfqueue.errors import ModelLoadError
 from hfqueue.tasks.base import LoadedModel
@@ -50,21 +51,34 @@ class PeftAdapters:
         self.loaded, self.size = loaded, size
         self.peft: Any = None  # the PeftModel wrapping loaded.model, from the first adapter on
         self._names: OrderedDict[str, str] = OrderedDict()  # adapter (as the job names it) -> peft adapter name
+        self._versions: dict[str, str | None] = {}  # adapter -> the version applied (hfqueue.cache.versions)
         self._made = 0
         self._active: object = _UNKNOWN
         self.sources: tuple[str, ...] = ()  # replaced whole on change: the heartbeat thread reads it without the lock
 
     def name(self, source: str) -> str:
         """The peft name of the adapter ``source``, applying it first when it is not (the least recently used
-        one leaves when more than ``size`` are applied). Raises :class:`ModelLoadError` for an adapter that
-        does not load or does not fit the base."""
+        one leaves when more than ``size`` are applied), or applying it anew when its files changed since (a
+        folder rewritten, a Hub branch moved). Raises :class:`ModelLoadError` for an adapter that does not load
+        or does not fit the base."""
+        version = model_version(source, None)
+        if source in self._names and self._versions.get(source) != version:
+            logger.info("adapter %s changed (version %s, was %s): applying it again", source, version,
+                        self._versions.get(source))
+            self._remove(self._names.pop(source))
+            self.sources = tuple(self._names)
+        return self._name(source)
+
+    def _name(self, source: str) -> str:
         if source in self._names:
             self._names.move_to_end(source)
             return self._names[source]
+        version = model_version(source, None)
         name = self._apply(source)
-        self._names[source] = name
+        self._names[source], self._versions[source] = name, version
         while len(self._names) > self.size:
             old_source, old_name = self._names.popitem(last=False)
+            self._versions.pop(old_source, None)
             self._remove(old_name)
             logger.info("removed adapter %s from %s (adapter cache full)", old_source, self.loaded.name)
         self.sources = tuple(self._names)
@@ -72,7 +86,7 @@ class PeftAdapters:
 
     def activate(self, source: str | None) -> None:
         """Make the next forward passes run through the adapter ``source``, or through the plain base for None."""
-        name = None if source is None else self.name(source)
+        name = None if source is None else self._name(source)  # its version was checked when the job began
         if self.peft is None or name == self._active:
             return
         try:

@@ -97,10 +97,9 @@ def fingerprint(ctx: WorkerContext, task: tasks.Task, spec: JobSpec, device: str
 
 
 def _same_version(loaded: LoadedModel, version: str) -> bool:
-    """Whether the model that ran is the version the rows were keyed by (a Hub branch can move in between)."""
-    if loaded.revision is None or version.startswith("sha256:"):
-        return True  # a local folder: keyed by its contents, loaded from them
-    return loaded.revision == version
+    """Whether the model that ran is the version the rows were keyed by (a folder can be rewritten, a Hub branch
+    can move, in between)."""
+    return loaded.version == version
 
 
 def _store(ctx: WorkerContext, task: tasks.Task, spec: JobSpec, fp: str, ran: list[tuple[int, bytes | None]],

@@ -147,10 +147,28 @@ def test_two_adapters_and_none_interleave_on_a_base_loaded_once(served: tuple[Se
 
     def held() -> list[str] | None:
         worker = next(w for w in client.live_workers() if w.queue == settings.queue)
-        model = next(m for m in worker.models if m["model"] == str(causal_lm))
-        return sorted(model["adapters"]) if len(model["adapters"]) == 2 else None
+        model = next((m for m in worker.models if m["model"] == str(causal_lm)), None)  # None: no beat since
+        return sorted(model["adapters"]) if model is not None and len(model["adapters"]) == 2 else None
 
     assert wait_for(held, 10, "the worker's record of its adapters") == sorted(str(p) for p in loras.values())
+
+
+def test_an_adapter_folder_rewritten_in_place_is_applied_again(served: tuple[Settings, Client], causal_lm: Path,
+                                                               loras: dict[str, Path], prompts: list[str],
+                                                               tmp_path: Path) -> None:
+    # given a folder holding adapter A, applied by a job (the worker keeps it applied to the resident base)
+    _, client = served
+    folder = Path(shutil.copytree(loras["a"], tmp_path / "lora"))
+    rows = prompts[:12]
+    assert generation(client, causal_lm, folder, rows).result(timeout=90)["generated_text"] == \
+        expected(causal_lm, loras["a"], rows)
+    # when adapter B is saved into the same folder and the same rows run again
+    shutil.rmtree(folder)
+    shutil.copytree(loras["b"], folder)
+    texts = generation(client, causal_lm, folder, rows).result(timeout=90)["generated_text"]
+    # then the job ran adapter B, not the A still applied under that name
+    assert texts == expected(causal_lm, loras["b"], rows)
+    assert expected(causal_lm, loras["a"], rows) != expected(causal_lm, loras["b"], rows)
 
 
 @pytest.mark.parametrize(("task", "fixture", "auto_class"), [

@@ -4,6 +4,7 @@ same model run directly in this process, one row at a time."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -160,3 +161,22 @@ def test_hfq_run_from_the_command_line(worker, settings, encoder: Path, texts: l
     listed = subprocess.run([sys.executable, "-m", "hfqueue", "jobs", "--json"], env=settings_env(settings),
                             capture_output=True, text=True, timeout=60)
     assert status["job_id"] in [j["job_id"] for j in json.loads(listed.stdout)]
+
+
+def test_a_model_folder_rewritten_in_place_runs_its_new_weights(client: Client, encoder: Path, texts: list[str],
+                                                                tmp_path: Path) -> None:
+    # given a copy of the encoder that the worker has loaded (its model cache keeps it resident)
+    model = Path(shutil.copytree(encoder, tmp_path / "model"))
+    rows = texts[:10]
+    before = np.asarray(client.submit(task="feature-extraction", model=str(model), inputs=rows)
+                        .result(timeout=90)["embedding"])
+    # when new weights are saved into the same folder, and the same rows run again
+    new = transformers.AutoModel.from_pretrained(encoder)
+    with torch.no_grad():
+        new.embeddings.word_embeddings.weight.mul_(-1.5)
+    new.save_pretrained(model)
+    after = np.asarray(client.submit(task="feature-extraction", model=str(model), inputs=rows)
+                       .result(timeout=90)["embedding"])
+    # then the job ran the new weights, as loading the folder now gives, not the resident old ones
+    np.testing.assert_allclose(after, direct_embeddings(model, rows), atol=1e-5)
+    assert np.abs(after - before).max() > 1e-2

@@ -127,6 +127,10 @@ def test_anything_that_changes_outputs_reuses_nothing(reusing: Reusing, encoder:
     # then no row is reused: every one reached the model
     assert job.status().rows_reused == 0
     assert reusing.ran() - ran == len(rows)
+    if change == "revision":  # and it ran the new weights: a copy the worker never loaded gives the same
+        fresh = shutil.copytree(model, tmp_path / "fresh")
+        np.testing.assert_allclose(embeddings(job), embeddings(reusing.client.submit(
+            **{**fields, "model": str(fresh), "reuse": False})), atol=1e-6)
 
 
 def test_sampling_without_a_seed_is_never_stored_and_with_one_is_reused(reusing: Reusing, causal_lm: Path) -> None:
