@@ -38,6 +38,8 @@ def resolve(spec: JobSpec, roots: Sequence[Path]) -> Source:
     if spec.inputs is not None:
         return Source(kind="inline", columns=spec.columns or {})
     items = [spec.dataset] if isinstance(spec.dataset, str) else list(spec.dataset or [])
+    for item in items:  # before anything is said of what exists there
+        paths.check_local_name(item, roots, "dataset path")
     common = {"split": spec.split, "columns": spec.columns or {}}
     if len(items) == 1 and Path(items[0]).expanduser().is_dir():
         folder = paths.check_readable(items[0], roots, "dataset folder")

@@ -10,6 +10,7 @@ Hub ids (``org/name``) are not local paths: only their form is checked here (:fu
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -58,6 +59,18 @@ def check_readable(path: str | Path, roots: Sequence[Path], what: str) -> Path:
     return target
 
 
+def check_local_name(name: str, roots: Sequence[Path], what: str) -> None:
+    """For a name that means a local path (a folder, a file, a glob): the part before any wildcard must lie inside
+    ``roots``, checked before anything is said of whether the path exists, so that a caller (of the HTTP API, say)
+    cannot learn what exists outside the roots from the errors."""
+    if not looks_local(name):
+        return
+    fixed = list(itertools.takewhile(lambda part: not any(c in part for c in "*?["), Path(name).expanduser().parts))
+    if fixed and not inside(Path(*fixed), roots):
+        allowed = ", ".join(str(resolved(r)) for r in roots) or "(none)"
+        raise InvalidSpecError(f"{what} {name!r} lies outside the input roots [{allowed}]; {FIX_READ}", value=name)
+
+
 def check_output_dir(output_root: Path, output_dir: str | Path) -> Path:
     """``output_dir`` (relative to ``output_root``, or absolute) resolved, when it lies strictly below the root."""
     root = resolved(output_root)
@@ -85,16 +98,16 @@ def check_model_path(model: str, roots: Sequence[Path], what: str = "model") -> 
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
     path = Path(model).expanduser()
-    if path.exists():
-        check_readable(model, roots, f"{what} folder")  # first: nothing else is said about a path outside the roots
+    if looks_local(model):
+        check_local_name(model, roots, f"{what} folder")
+        if not path.exists():
+            raise SourceNotFoundError(f"{what} path {model!r} does not exist", value=model)
         if not path.is_dir():
             raise SourceNotFoundError(f"{what} path {model!r} is a file; give the {what}'s folder", value=model)
         if what == "adapter" and not (path / "adapter_config.json").is_file():
             raise SourceNotFoundError(f"adapter folder {model!r} holds no adapter_config.json: give a folder written "
                                       "by a PEFT model's save_pretrained", value=model)
         return
-    if looks_local(model):
-        raise SourceNotFoundError(f"{what} path {model!r} does not exist", value=model)
     try:
         validate_repo_id(model)
     except HFValidationError as exc:

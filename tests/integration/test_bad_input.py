@@ -32,10 +32,18 @@ BAD_SPECS: list[tuple[str, dict[str, Any], type[Exception], str]] = [
     ("unknown task", {"task": "translate-everything"}, InvalidSpecError, "known tasks: "),
     ("missing column", {"column": "body"}, SourceNotFoundError, "column 'body' not in the dataset"),
     ("missing split", {"split": "test"}, SourceNotFoundError, "split 'test' not in"),
-    ("missing dataset folder", {"dataset": "./no/such/folder"}, SourceNotFoundError, "./no/such/folder"),
+    ("missing dataset folder", {"dataset": "{tmp}/no/such/folder"}, SourceNotFoundError, "{tmp}/no/such/folder"),
     ("unreachable hub dataset", {"dataset": "nobody/no-such-dataset"}, SourceNotFoundError, "no-such-dataset"),
-    ("missing data files", {"dataset": "/no/such/*.jsonl"}, SourceNotFoundError, "no data files match"),
-    ("missing model path", {"model": "/no/such/model"}, SourceNotFoundError, "model path '/no/such/model' does not exist"),
+    ("missing data files", {"dataset": "{tmp}/no/such/*.jsonl"}, SourceNotFoundError, "no data files match"),
+    ("missing model path", {"model": "{tmp}/no/such/model"}, SourceNotFoundError,
+     "model path '{tmp}/no/such/model' does not exist"),
+    # outside the input roots, existing or not, the error says only that: nothing about what exists there
+    ("model outside the roots", {"model": "/no/such/model"}, InvalidSpecError,
+     "model folder '/no/such/model' lies outside the input roots"),
+    ("data files outside the roots", {"dataset": "/etc/*.conf"}, InvalidSpecError,
+     "dataset path '/etc/*.conf' lies outside the input roots"),
+    ("dataset folder outside the roots", {"dataset": "/no/such/folder"}, InvalidSpecError,
+     "dataset path '/no/such/folder' lies outside the input roots"),
     ("zero chunk size", {"chunk_size": 0}, InvalidSpecError, "chunk_size: Input should be greater than 0"),
     ("output escapes the root", {"output_dir": "../escape"}, InvalidSpecError, "outside the output root"),
     ("absolute output elsewhere", {"output_dir": "/tmp/elsewhere"}, InvalidSpecError, "outside the output root"),
@@ -47,8 +55,10 @@ BAD_SPECS: list[tuple[str, dict[str, Any], type[Exception], str]] = [
 @pytest.mark.parametrize(("case", "change", "error", "message"), BAD_SPECS, ids=[c[0] for c in BAD_SPECS])
 def test_bad_spec_fails_at_submit_and_enqueues_nothing(idle_client: Client, encoder: Path, dataset_dir: Path,
                                                        case: str, change: dict[str, Any], error: type[Exception],
-                                                       message: str) -> None:
-    # given a valid spec with one thing wrong
+                                                       message: str, tmp_path: Path) -> None:
+    # given a valid spec with one thing wrong ({tmp}: a folder inside the input roots)
+    change = {k: v.replace("{tmp}", str(tmp_path)) if isinstance(v, str) else v for k, v in change.items()}
+    message = message.replace("{tmp}", str(tmp_path))
     spec = {"task": "feature-extraction", "model": str(encoder), "dataset": str(dataset_dir), **change}
     jobs_before = idle_client.store.job_ids(10_000)
 
