@@ -112,6 +112,10 @@ class ResultCache:
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
 
+    def exists(self) -> bool:
+        """Whether anything was ever stored here (its index exists); asking does not create the folder."""
+        return (self.root / "index.sqlite").is_file()
+
     # ---- reading ----
 
     def lookup(self, keys: Sequence[bytes | None], model: str) -> Hits:

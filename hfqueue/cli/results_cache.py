@@ -23,8 +23,9 @@ def age(text: str) -> float:
 def stats(args: argparse.Namespace, settings: Settings) -> int:
     """Print the cache's size and, per model, its entries, bytes, lookups and hit rate."""
     cache = ResultCache.of(settings)
-    models = cache.stats()
-    size = cache.size()
+    stored = cache.exists()  # a cache never written to stays uncreated: looking is not writing
+    models = cache.stats() if stored else []
+    size = cache.size() if stored else 0
     if args.json:
         print(json.dumps({"folder": str(cache.root), "bytes": size, "max_bytes": cache.max_bytes,
                           "entries": sum(m.entries for m in models),
@@ -43,6 +44,10 @@ def stats(args: argparse.Namespace, settings: Settings) -> int:
 def prune(args: argparse.Namespace, settings: Settings) -> int:
     """Drop results unused for ``--older-than`` (of ``--model``), then the least recently used past the bound."""
     cache = ResultCache.of(settings)
+    if not cache.exists():
+        print(json.dumps({"entries": 0, "packs": 0, "bytes": 0, "bytes_left": 0}, indent=2) if args.json
+              else f"result cache {cache.root}: nothing stored, nothing to prune")
+        return 0
     pruned = cache.prune(max_bytes=cache.max_bytes, older_than=args.older_than, model=args.model)
     if args.json:
         print(json.dumps({**vars(pruned), "bytes_left": cache.size()}, indent=2))

@@ -213,6 +213,21 @@ def test_hfq_cache_stats_and_prune(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         main(["cache", "prune", "--older-than", "soon"])
 
 
+def test_hfq_cache_on_a_cache_never_written_creates_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    # given a cache folder nothing was ever stored in
+    monkeypatch.setenv("HFQ_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("HFQ_OUTPUT_ROOT", str(tmp_path / "out"))
+    # when its stats are asked for, and it is pruned
+    assert main(["cache", "stats", "--json"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert main(["cache", "prune"]) == 0
+    # then it reads as empty, and looking created no folder
+    assert (stats["entries"], stats["bytes"], stats["models"]) == (0, 0, [])
+    assert "nothing stored" in capsys.readouterr().out
+    assert not (tmp_path / "cache").exists()
+
+
 def test_jobs_confined_to_another_output_root_key_rows_apart(tmp_path: Path, encoder_folder: Path) -> None:
     # given one job spec seen by workers of two output roots sharing one cache folder
     spec = JobSpec(task="feature-extraction", model=str(encoder_folder), inputs=["x"])
