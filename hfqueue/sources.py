@@ -39,7 +39,7 @@ def resolve(spec: JobSpec, roots: Sequence[Path]) -> Source:
         return Source(kind="inline", columns=spec.columns or {})
     items = [spec.dataset] if isinstance(spec.dataset, str) else list(spec.dataset or [])
     for item in items:  # before anything is said of what exists there
-        paths.check_local_name(item, roots, "dataset path")
+        paths.check_local_name(item, roots, "data file" if _suffix(item) in _BUILDERS else "dataset folder")
     common = {"split": spec.split, "columns": spec.columns or {}}
     if len(items) == 1 and Path(items[0]).expanduser().is_dir():
         folder = paths.check_readable(items[0], roots, "dataset folder")

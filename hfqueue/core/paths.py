@@ -53,10 +53,14 @@ def check_readable(path: str | Path, roots: Sequence[Path], what: str) -> Path:
     """
     target = resolved(path)
     if not inside(target, roots):
-        allowed = ", ".join(str(resolved(r)) for r in roots) or "(none)"
-        raise InvalidSpecError(f"{what} {str(path)!r} resolves to {target}, outside the input roots [{allowed}]; "
-                               f"{FIX_READ}", value=str(path))
+        raise _outside(what, str(path), target, roots)
     return target
+
+
+def _outside(what: str, name: str, target: Path, roots: Sequence[Path]) -> InvalidSpecError:
+    allowed = ", ".join(str(resolved(r)) for r in roots) or "(none)"
+    return InvalidSpecError(f"{what} {name!r} resolves to {target}, outside the input roots [{allowed}]; {FIX_READ}",
+                            value=name)
 
 
 def check_local_name(name: str, roots: Sequence[Path], what: str) -> None:
@@ -66,9 +70,8 @@ def check_local_name(name: str, roots: Sequence[Path], what: str) -> None:
     if not looks_local(name):
         return
     fixed = list(itertools.takewhile(lambda part: not any(c in part for c in "*?["), Path(name).expanduser().parts))
-    if fixed and not inside(Path(*fixed), roots):
-        allowed = ", ".join(str(resolved(r)) for r in roots) or "(none)"
-        raise InvalidSpecError(f"{what} {name!r} lies outside the input roots [{allowed}]; {FIX_READ}", value=name)
+    if fixed and not inside(Path(*fixed), roots):  # a glob: where its fixed part leads
+        raise _outside(what, name, resolved(Path(*fixed)), roots)
 
 
 def check_output_dir(output_root: Path, output_dir: str | Path) -> Path:

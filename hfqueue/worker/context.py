@@ -17,6 +17,7 @@ from redis import Redis
 
 from hfqueue import tasks
 from hfqueue.cache.store import ResultCache
+from hfqueue.cache.versions import model_version
 from hfqueue.core import paths
 from hfqueue.core.config import Settings
 from hfqueue.core.hooks import Hooks
@@ -86,12 +87,16 @@ class WorkerContext:
                 raise ModelLoadError(f"this worker refuses the {what}: {exc}", value=name) from None
         dtype = resolve_dtype(spec.dtype or self.settings.dtype, device)
         engine = spec.engine or self.default_engine(task, spec, dtype)
+        # Resolved before the lock (they may ask the Hub, once a minute): a changed model or adapter loads anew.
+        version = model_version(str(spec.model), spec.revision)
+        adapter_version = model_version(spec.adapter, None) if spec.adapter is not None else None
         with self.lock:
-            loaded = self.models.get(task, str(spec.model), revision=spec.revision, device=device, dtype=dtype,
+            loaded = self.models.get(task, str(spec.model), revision=spec.revision, version=version,
+                                     device=device, dtype=dtype,
                                      quantization=spec.quantization, trust_remote_code=spec.trust_remote_code,
                                      engine=engine, engine_cache=self.settings.engine_cache)
             if spec.adapter is not None:  # applied now, so an adapter that does not fit fails before any row runs
-                adapters_of(loaded, self.settings.adapter_cache_size).name(spec.adapter)
+                adapters_of(loaded, self.settings.adapter_cache_size).name(spec.adapter, adapter_version)
             return loaded
 
     def default_engine(self, task: tasks.Task, spec: JobSpec, dtype: str) -> str:

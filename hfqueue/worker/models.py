@@ -16,7 +16,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-from hfqueue.cache.versions import COMMIT, model_version
+from hfqueue.cache.versions import COMMIT
 from hfqueue.core.hooks import Hooks
 from hfqueue.tasks.base import LoadedModel, Task
 from hfqueue.tasks.engines.attach import attach
@@ -66,12 +66,15 @@ class ModelCache:
         names = {d for _, loaded in self._entries for d in loaded.devices}
         return sorted(names, key=lambda n: (not n.startswith("cuda"), len(n), n))
 
-    def get(self, task: Task, model: str, *, revision: str | None, device: str, dtype: str,
+    def get(self, task: Task, model: str, *, revision: str | None, version: str | None, device: str, dtype: str,
             quantization: str | None = None, trust_remote_code: bool = False, engine: str = "torch",
             engine_cache: Path | None = None) -> LoadedModel:
         """The loaded model for this key, loading it (and evicting the oldest) on a miss; with an ``engine`` other
-        than torch, its body runs on that engine (built or found in ``engine_cache``, verified against torch)."""
-        version = model_version(model, revision)  # None: unresolvable here (loading decides)
+        than torch, its body runs on that engine (built or found in ``engine_cache``, verified against torch).
+
+        ``version``: what the model's files resolve to now (:func:`hfqueue.cache.versions.model_version`, which
+        the caller runs outside its model lock: it may ask the Hub); None when that cannot be known (the load
+        decides)."""
         key: ModelKey = (task.name, model, revision, version, device, dtype, quantization, engine)
         if key in self._models and self._models[key].broken:
             logger.warning("dropping %s (%s): a PEFT adapter that failed to load left it unusable", model, task.name)

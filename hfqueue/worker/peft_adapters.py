@@ -31,7 +31,6 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
-from hfqueue.cache.versions import model_version
 from hfqueue.core import paths
 from hfqueue.errors import ModelLoadError
 from hfqueue.tasks.base import LoadedModel
@@ -56,24 +55,23 @@ class PeftAdapters:
         self._active: object = _UNKNOWN
         self.sources: tuple[str, ...] = ()  # replaced whole on change: the heartbeat thread reads it without the lock
 
-    def name(self, source: str) -> str:
+    def name(self, source: str, version: str | None) -> str:
         """The peft name of the adapter ``source``, applying it first when it is not (the least recently used
-        one leaves when more than ``size`` are applied), or applying it anew when its files changed since (a
-        folder rewritten, a Hub branch moved). Raises :class:`ModelLoadError` for an adapter that does not load
-        or does not fit the base."""
-        version = model_version(source, None)
+        one leaves when more than ``size`` are applied), or applying it anew when its ``version`` (what its files
+        resolve to now: :func:`hfqueue.cache.versions.model_version`) is not the one applied: a folder rewritten,
+        a Hub branch moved. Raises :class:`ModelLoadError` for an adapter that does not load or does not fit
+        the base."""
         if source in self._names and self._versions.get(source) != version:
             logger.info("adapter %s changed (version %s, was %s): applying it again", source, version,
                         self._versions.get(source))
             self._remove(self._names.pop(source))
             self.sources = tuple(self._names)
-        return self._name(source)
+        return self._name(source, version)
 
-    def _name(self, source: str) -> str:
+    def _name(self, source: str, version: str | None) -> str:
         if source in self._names:
             self._names.move_to_end(source)
             return self._names[source]
-        version = model_version(source, None)
         name = self._apply(source)
         self._names[source], self._versions[source] = name, version
         while len(self._names) > self.size:
@@ -86,7 +84,8 @@ class PeftAdapters:
 
     def activate(self, source: str | None) -> None:
         """Make the next forward passes run through the adapter ``source``, or through the plain base for None."""
-        name = None if source is None else self._name(source)  # its version was checked when the job began
+        # its version was checked when the job began; applied again (evicted since) as it was then
+        name = None if source is None else self._name(source, self._versions.get(source))
         if self.peft is None or name == self._active:
             return
         try:
