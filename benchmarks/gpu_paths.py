@@ -160,8 +160,8 @@ def generation(rig: Rig, dtype: str) -> Verdict:
 def quantized(rig: Rig, bits: str) -> Verdict:
     path = f"{bits} weights"
     if not rig.gpu or importlib.util.find_spec("bitsandbytes") is None:
-        return verdict(path, None, "needs CUDA and bitsandbytes (not on this host, and its wheel does not fit in "
-                                   "the wheelhouse)" if rig.gpu else "runs on CUDA only")
+        return verdict(path, None, "needs bitsandbytes (carried in the wheelhouse: run `make wheelhouse`)"
+                       if rig.gpu else "runs on CUDA only")
     return classification(rig, "float16", path, quantization=bits.replace("-", ""))
 
 

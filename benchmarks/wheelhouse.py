@@ -2,11 +2,11 @@
 
 The GPU machine this project borrows has Python 3.12, torch and transformers (and many more, listed in
 ``benchmarks/gpu-host-packages.txt``), no network, and takes at most 64 MiB of files along with the working tree.
-This resolves hfqueue's dependencies (``pyproject.toml``, with the ``onnx`` extra) for CPython 3.12 on manylinux
-x86_64 through pip (``pip install --dry-run --report``: metadata only), drops what the host has and torch's own
-stack (torch, triton, the CUDA libraries: the host's are kept), downloads the rest with ``pip download --no-deps
---only-binary=:all: --python-version 3.12`` into ``wheelhouse/``, and fails when the wheels and the tree exceed the
-limit. ``make gpu-check`` installs from it with ``--no-index``.
+This resolves hfqueue's dependencies (``pyproject.toml``, with the ``onnx`` and ``quantization`` extras) for CPython
+3.12 on manylinux x86_64 through pip (``pip install --dry-run --report``: metadata only), drops what the host has
+and torch's own stack (torch, triton, the CUDA libraries: the host's are kept), downloads the rest with ``pip
+download --no-deps --only-binary=:all: --python-version 3.12`` into ``wheelhouse/``, and fails when the wheels and
+the tree exceed the limit. ``make gpu-check`` installs from it with ``--no-index``.
 
     python benchmarks/wheelhouse.py [--out wheelhouse] [--limit-mib 64]
 """
@@ -49,9 +49,10 @@ def host_packages() -> tuple[set[str], set[str]]:
 
 
 def requirements() -> list[str]:
-    """hfqueue's runtime requirements, with the onnx extra (what the GPU check's jobs need)."""
+    """hfqueue's runtime requirements, with the onnx and quantization extras (what the GPU check's jobs need)."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    return [r for r in [*project["dependencies"], *project["optional-dependencies"]["onnx"]]
+    extras = project["optional-dependencies"]
+    return [r for r in [*project["dependencies"], *extras["onnx"], *extras["quantization"]]
             if canonical(re.split(r"[<>=!~\[ ;]", r)[0]) not in ANY_PYTHON]
 
 

@@ -88,8 +88,10 @@ def test_the_wheelhouse_carries_what_the_host_lacks_never_torch() -> None:
 
     # given what pip resolves and what the host has
     resolved = {"torch": "2.13.0", "nvidia-cublas-cu12": "12.8", "triton": "3.6", "celery": "5.5.3",
-                "numpy": "2.3.0", "transformers": "5.24.0", "pydantic-core": "2.41.0"}
+                "numpy": "2.3.0", "transformers": "5.24.0", "sentence-transformers": "6.2.0",
+                "pydantic-core": "2.41.0", "bitsandbytes": "0.50.2"}
     host, anyway = wheelhouse.host_packages()
-    # then the plan carries the missing ones and what must be newer, never the GPU stack
-    assert wheelhouse.plan(resolved, host, anyway) == {"celery": "5.5.3", "pydantic-core": "2.41.0",
-                                                       "transformers": "5.24.0"}
+    # then the plan carries the missing ones and what must be newer, never the GPU stack, and keeps the host's
+    # transformers (it meets hfqueue's range)
+    assert wheelhouse.plan(resolved, host, anyway) == {"bitsandbytes": "0.50.2", "celery": "5.5.3",
+                                                       "pydantic-core": "2.41.0", "sentence-transformers": "6.2.0"}
