@@ -534,7 +534,8 @@ def use_fake_hub(hub: FakeHub, monkeypatch: pytest.MonkeyPatch, cache_dir: Path)
         _http.hf_request_event_hook(request)
 
     def client() -> Any:
-        return _http.httpx2.Client(event_hooks={"request": [loopback_only]}, follow_redirects=True, timeout=None)
+        http = getattr(_http, "httpx2", None) or _http.httpx  # huggingface_hub 2 uses httpx2, 1.x httpx
+        return http.Client(event_hooks={"request": [loopback_only]}, follow_redirects=True, timeout=None)
 
     previous: Callable[[], Any] = _http._GLOBAL_CLIENT_FACTORY
     _http.set_client_factory(client)
