@@ -3,6 +3,7 @@ plain text otherwise, and the same facts as JSON for scripts."""
 
 from __future__ import annotations
 
+import re
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -99,7 +100,7 @@ def workers_table(workers: list[WorkerInfo], terminal: bool) -> str | Any:
     rows = []
     for w in workers:
         gpu = "".join(f" · {g['device']} {_mib(g['allocated'])}/{_mib(g['total'])}" for g in w.gpu)
-        models = ", ".join(f"{m['model']} ({m['task']}{_adapters(m)})" for m in w.models) or "-"
+        models = ", ".join(f"{m['model']}{_commit(m)} ({m['task']}{_adapters(m)})" for m in w.models) or "-"
         rows.append((w.name, ", ".join(w.devices) or w.device, models, f"{_mib(w.rss_bytes)} RSS{gpu}",
                      w.metrics_url or "-", f"{time.time() - w.started_at:.0f} s"))
     return _table(header, rows, terminal)
@@ -116,6 +117,12 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], terminal: bool)
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
                      for line in [header, *rows])
+
+
+def _commit(model: dict[str, Any]) -> str:
+    """``@<short commit>`` for a Hub model: which commit its worker runs (a branch can move)."""
+    version = model.get("version") or ""
+    return f"@{version[:7]}" if re.fullmatch(r"[0-9a-f]{40}", version) else ""
 
 
 def _adapters(model: dict[str, Any]) -> str:

@@ -54,8 +54,9 @@ class ModelCache:
         self.loads = 0
 
     def resident(self) -> list[dict[str, Any]]:
-        """The resident models, oldest load first: task, model, revision, device, dtype, quantization, the devices
-        their weights lie on and the PEFT adapters applied to them (least recently used first)."""
+        """The resident models, oldest load first: task, model, revision, version (a Hub commit, a folder's
+        ``sha256:``), device, dtype, quantization, the devices their weights lie on and the PEFT adapters applied to
+        them (least recently used first)."""
         names = ("task", "model", "revision", "version", "device", "dtype", "quantization", "engine")
         return [{**dict(zip(names, key, strict=True)), "devices": list(loaded.devices),
                  "adapters": list(loaded.peft.sources) if loaded.peft is not None else []}

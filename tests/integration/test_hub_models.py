@@ -22,7 +22,7 @@ from huggingface_hub import HfApi, snapshot_download
 from hfqueue import Client, Job, Settings
 from hfqueue.sinks.local import read_manifest
 from hfqueue.state.embedded import free_port
-from tests.conftest import WorkerProcess, wait_serving
+from tests.conftest import WorkerProcess, wait_for, wait_serving
 from tests.fake_hub import FakeHub, use_fake_hub
 from tests.integration.monitoring import scrape, total
 from tests.integration.test_jobs import direct_embeddings
@@ -114,6 +114,14 @@ def test_an_online_worker_keys_hub_rows_by_the_commit_their_revision_resolves_to
     np.testing.assert_allclose(other, direct_embeddings(hub.folders["b"], rows), atol=1e-5)
     # and each job's manifest names the commit that ran
     assert [read_manifest(j.output_dir)["model_revision"] for j in (job, moved)] == [hub.commits[k] for k in "ab"]
+    # and the worker's record (`hfq workers`) names the commit of each model it holds
+    def held() -> list[str] | None:
+        with Client(online) as client:
+            worker = next((w for w in client.live_workers() if w.queue == online.queue), None)
+        versions = sorted(m["version"] for m in worker.models) if worker is not None else []
+        return versions if len(versions) == 2 else None
+
+    assert wait_for(held, 10, "the worker's record of its models") == sorted(hub.commits.values())
 
 
 def test_an_offline_worker_follows_the_hub_caches_refs(online: Settings, offline: Settings, hub: Hub) -> None:

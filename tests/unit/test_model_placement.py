@@ -89,10 +89,10 @@ def test_a_spread_model_lists_its_gpus_first() -> None:
     assert placement(model) == ["cuda:0", "cuda:1", "cuda:10", "cpu", "disk"]
 
 
-def test_hfq_workers_shows_devices_and_adapters() -> None:
+def test_hfq_workers_shows_devices_commits_and_adapters() -> None:
     # given a worker spread over two GPUs holding a model with two adapters, and one on the CPU
     models = [{"task": "text-generation", "model": "big/model", "devices": ["cuda:0", "cuda:1"],
-               "adapters": ["org/lora-a", "org/lora-b"]}]
+               "adapters": ["org/lora-a", "org/lora-b"], "version": "0f5ce2de2fe2011c2e4aa2e24f7eb9b9d7f8f502"}]
     spread = WorkerInfo(name="w-big", host="h", pid=1, queue="q", device="cuda", devices=["cuda:0", "cuda:1"],
                         models=models, started_at=time.time())
     plain = WorkerInfo(name="w-cpu", host="h", pid=2, queue="q", device="cpu", devices=["cpu"], started_at=time.time())
@@ -100,10 +100,11 @@ def test_hfq_workers_shows_devices_and_adapters() -> None:
     # when `hfq workers` prints them as text
     text = workers_table([spread, plain], terminal=False)
 
-    # then each row shows its devices, and the model with its adapter count
+    # then each row shows its devices, and the model at its commit with its adapter count
     assert isinstance(text, str)
     big, cpu = text.splitlines()[1:]
-    assert big.split("  ")[0] == "w-big" and "  cuda:0, cuda:1  big/model (text-generation + 2 adapters)  " in big
+    assert big.split("  ")[0] == "w-big"
+    assert "  cuda:0, cuda:1  big/model@0f5ce2d (text-generation + 2 adapters)  " in big
     assert cpu.split()[:3] == ["w-cpu", "cpu", "-"]
 
 
