@@ -38,7 +38,7 @@ wheelhouse: install  ## cp312 wheels of what a bare GPU host lacks (benchmarks/g
 
 # On the GPU host: its own python3 (the one holding torch); the wheelhouse fills in the rest, torch stays.
 GPU_PYTHON ?= python3
-GPU_CHECK_ARGS ?=  # e.g. --out DIR (the reports' folder), --skip-bench
+GPU_CHECK_ARGS ?=  # e.g. --out DIR (the reports' folder), --skip-bench, --budget SECONDS (480)
 gpu-check:  ## every GPU path as a real job on this host's GPUs, then the GPU benchmark (exits 0 saying what it skipped without a GPU)
 	HF_HUB_OFFLINE=1 $(GPU_PYTHON) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
 

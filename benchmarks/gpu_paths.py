@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import importlib.util
 import json
+import math
 import os
 import platform
 import subprocess
@@ -253,18 +254,24 @@ CHECKS: list[tuple[str, Callable[[Rig], Verdict]]] = [
 ]
 
 
-def run_checks(rig: Rig) -> list[Verdict]:
-    """Every check in order; one that raises is a FAIL naming the error."""
-    out = []
+def run_checks(rig: Rig, deadline: float = math.inf,
+               done: Callable[[list[Verdict]], None] = lambda verdicts: None) -> list[Verdict]:
+    """Every check in order; one that raises is a FAIL naming the error. Past ``deadline`` (``time.monotonic``) the
+    rest are skipped as out of time; ``done`` gets the verdicts so far after each one (to write the report)."""
+    out: list[Verdict] = []
     for path, check in CHECKS:
         started = time.monotonic()
-        try:
-            result = check(rig)
-        except Exception as exc:  # noqa: BLE001 - a broken path is a verdict, not the end of the check
-            result = verdict(path, False, f"{type(exc).__name__}: {exc}")
+        if started >= deadline:
+            result = verdict(path, None, "out of time (--budget)")
+        else:
+            try:
+                result = check(rig)
+            except Exception as exc:  # noqa: BLE001 - a broken path is a verdict, not the end of the check
+                result = verdict(path, False, f"{type(exc).__name__}: {exc}")
         result["seconds"] = round(time.monotonic() - started, 1)
         print(f"{result['status']:<5} {result['path']}: {result['detail']}", flush=True)
         out.append(result)
+        done(out)
     return out
 
 

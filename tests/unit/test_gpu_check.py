@@ -95,3 +95,15 @@ def test_the_wheelhouse_carries_what_the_host_lacks_never_torch() -> None:
     # transformers (it meets hfqueue's range)
     assert wheelhouse.plan(resolved, host, anyway) == {"bitsandbytes": "0.50.2", "celery": "5.5.3",
                                                        "pydantic-core": "2.41.0", "sentence-transformers": "6.2.0"}
+
+
+def test_past_its_budget_the_rest_is_skipped_and_the_report_follows_each_path() -> None:
+    import gpu_paths
+
+    # given a deadline already past, and a report writer counting what it is given
+    written: list[int] = []
+    # when the checks run
+    verdicts = gpu_paths.run_checks(_Rig(gpu=False), deadline=0.0, done=lambda so_far: written.append(len(so_far)))
+    # then every path is skipped as out of time, and the report was rewritten after each one
+    assert {(v["status"], v["detail"]) for v in verdicts} == {("SKIP", "out of time (--budget)")}
+    assert written == list(range(1, len(gpu_paths.CHECKS) + 1))
