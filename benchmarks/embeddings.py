@@ -51,16 +51,18 @@ from hfqueue.cli.demo import minilm_path, topic_sentences  # noqa: E402
 from hfqueue.state.embedded import RedisServer  # noqa: E402
 
 
-def plain_loop(model: Any, tok: Any, rows: list[str], batch_size: int = 64) -> np.ndarray:
-    """(d) Sort by token length, embed batches of 64, put the vectors back in input order."""
+def plain_loop(model: Any, tok: Any, rows: list[str], batch_size: int = 64, device: str = "cpu") -> np.ndarray:
+    """(d) Sort by token length, embed batches of 64, put the vectors back in input order (the model on
+    ``device``: the GPU benchmark's hand-written loop is this one, on CUDA in float16)."""
     lengths = [len(ids) for ids in tok(rows, truncation=True, max_length=512)["input_ids"]]
     order = sorted(range(len(rows)), key=lengths.__getitem__, reverse=True)
     out = np.zeros((len(rows), model.config.hidden_size), dtype=np.float32)
     with torch.inference_mode():
         for start in range(0, len(rows), batch_size):
             index = order[start:start + batch_size]
-            enc = tok([rows[i] for i in index], padding=True, truncation=True, max_length=512, return_tensors="pt")
-            out[index] = _pool(model(**enc).last_hidden_state.float(), enc["attention_mask"]).numpy()
+            enc = tok([rows[i] for i in index], padding=True, truncation=True, max_length=512,
+                      return_tensors="pt").to(device)
+            out[index] = _pool(model(**enc).last_hidden_state.float(), enc["attention_mask"]).cpu().numpy()
     return out
 
 

@@ -20,26 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from embeddings import plain_loop
 from gpu_paths import Rig, min_cosine, vectors, verdict
 from hfqueue.cli.demo import topic_sentences
-
-
-def _loop(model: Any, tok: Any, rows: list[str], device: str, batch: int = 128) -> np.ndarray:
-    """Length-sorted batches, mean pooling, vectors back in input order (float16 on a GPU)."""
-    import torch
-
-    lengths = [len(ids) for ids in tok(rows, truncation=True, max_length=512)["input_ids"]]
-    order = sorted(range(len(rows)), key=lengths.__getitem__, reverse=True)
-    out = np.zeros((len(rows), model.config.hidden_size), dtype=np.float32)
-    with torch.inference_mode():
-        for start in range(0, len(rows), batch):
-            index = order[start:start + batch]
-            enc = tok([rows[i] for i in index], padding=True, truncation=True, max_length=512,
-                      return_tensors="pt").to(device)
-            hidden = model(**enc).last_hidden_state.float()
-            mask = enc["attention_mask"].unsqueeze(-1).float()
-            out[index] = ((hidden * mask).sum(1) / mask.sum(1)).cpu().numpy()
-    return out
 
 
 def _timed(run: Any) -> tuple[Any, float]:
@@ -57,8 +40,8 @@ def embeddings(rig: Rig, rows: list[str], device: str, dtype: Any) -> dict[str, 
     folder = rig.models["bench-encoder" if rig.gpu else "encoder"]
     tok = transformers.AutoTokenizer.from_pretrained(folder)
     model = transformers.AutoModel.from_pretrained(folder, dtype=dtype).to(device).eval()
-    _loop(model, tok, rows[:256], device)  # warm-up: kernels, allocator
-    loop, loop_s = _timed(lambda: _loop(model, tok, rows, device))
+    plain_loop(model, tok, rows[:256], 128, device)  # warm-up: kernels, allocator
+    loop, loop_s = _timed(lambda: plain_loop(model, tok, rows, 128, device))
     pipe = transformers.pipeline("feature-extraction", model=str(folder), device=device, dtype=dtype)
     one = rows[: max(8, len(rows) // 40)]
     _, pipe_s = _timed(lambda: [pipe(r, truncation=True, max_length=512) for r in one])
