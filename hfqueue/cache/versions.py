@@ -1,8 +1,11 @@
-"""What a model (or PEFT adapter) resolves to, without loading it: the version part of a result-cache fingerprint.
+"""What a model (or PEFT adapter) resolves to, without loading it: the version part of a result-cache fingerprint,
+and what a worker's resident model is checked against (a changed model loads anew).
 
 - A local folder: ``sha256:<hex>`` of the names and contents of its files (hidden ones aside). Hashing reads every
   byte once per process and version: it is remembered by the files' sizes and modification times, so a
-  later call costs a ``stat`` per file.
+  later call costs a ``stat`` per file. With ``content=False``, ``files:<hex>`` of those names, sizes and
+  modification times alone: what changes when a file is rewritten, without reading one (the model cache's check,
+  which must not read a 15 GB folder for a job that reuses nothing).
 - A Hub model: the commit its revision resolves to. A full commit hash is taken as given; a branch, tag or short
   hash is resolved through the Hub when online, else through the local Hub cache's refs and snapshots (where
   offline workers load from).
@@ -27,22 +30,34 @@ _lock = threading.Lock()
 _folders: dict[tuple[str, tuple[tuple[str, int, int], ...]], str] = {}
 
 
-def model_version(model: str, revision: str | None) -> str | None:
-    """The resolved version of ``model`` at ``revision`` (see the module), or None when it cannot be resolved."""
+def model_version(model: str, revision: str | None, *, content: bool = True) -> str | None:
+    """The resolved version of ``model`` at ``revision`` (see the module), or None when it cannot be resolved;
+    ``content=False``: a local folder's file stamp instead of its content hash (a Hub model's commit either way)."""
     folder = Path(model).expanduser()
     if folder.is_dir():
-        return folder_hash(folder)
+        return folder_hash(folder) if content else folder_stamp(folder)
     if revision is not None and COMMIT.match(revision):
         return revision
     return hub_commit(model, revision or "main")
 
 
-def folder_hash(folder: Path) -> str:
-    """``sha256:<hex>`` of the relative names and contents of the files under ``folder`` (not hidden ones)."""
+def _listing(folder: Path) -> tuple[Path, list[Path], tuple[tuple[str, int, int], ...]]:
+    """The folder resolved, its files (not hidden ones) and their (relative name, size, mtime) signature."""
     root = folder.resolve()
     files = sorted(p for p in root.rglob("*") if p.is_file() and not any(
         part.startswith(".") for part in p.relative_to(root).parts))
-    signature = tuple((str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+    return root, files, tuple((str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+
+
+def folder_stamp(folder: Path) -> str:
+    """``files:<hex>``: a sha256 of the names, sizes and modification times of the files under ``folder``."""
+    _, _, signature = _listing(folder)
+    return "files:" + hashlib.sha256(repr(signature).encode()).hexdigest()
+
+
+def folder_hash(folder: Path) -> str:
+    """``sha256:<hex>`` of the relative names and contents of the files under ``folder`` (not hidden ones)."""
+    root, files, signature = _listing(folder)
     with _lock:
         known = _folders.get((str(root), signature))
     if known is not None:

@@ -87,9 +87,10 @@ class WorkerContext:
                 raise ModelLoadError(f"this worker refuses the {what}: {exc}", value=name) from None
         dtype = resolve_dtype(spec.dtype or self.settings.dtype, device)
         engine = spec.engine or self.default_engine(task, spec, dtype)
-        # Resolved before the lock (they may ask the Hub, once a minute): a changed model or adapter loads anew.
-        version = model_version(str(spec.model), spec.revision)
-        adapter_version = model_version(spec.adapter, None) if spec.adapter is not None else None
+        # Resolved before the lock (they may ask the Hub, once a minute): a changed model or adapter loads anew. A
+        # folder's stamp (names, sizes, mtimes), not its content hash: nothing here needs to read its files.
+        version = model_version(str(spec.model), spec.revision, content=False)
+        adapter_version = model_version(spec.adapter, None, content=False) if spec.adapter is not None else None
         with self.lock:
             loaded = self.models.get(task, str(spec.model), revision=spec.revision, version=version,
                                      device=device, dtype=dtype,

@@ -3,9 +3,9 @@ and the version the model resolves to, LRU-bounded. PEFT adapters are applied on
 (hfqueue.worker.peft_adapters), not loaded as models.
 
 A model's files can change under its name: a local folder rewritten in place, a Hub branch that moved. Each lookup
-resolves the model's version (:func:`hfqueue.cache.versions.model_version`: a folder's content hash, remembered by
-its files' sizes and modification times; a Hub revision's commit), so a changed model loads anew and the old one
-leaves, instead of serving outputs of weights that are no longer there."""
+resolves the model's version (:func:`hfqueue.cache.versions.model_version` with ``content=False``: a folder's
+stamp of its files' names, sizes and modification times; a Hub revision's commit), so a changed model loads anew
+and the old one leaves, instead of serving outputs of weights that are no longer there."""
 
 from __future__ import annotations
 

@@ -45,7 +45,7 @@ def run(ctx: WorkerContext, spec: JobSpec, rows: list[Any], device: str, *, max_
     if found is None:
         loaded, results = ctx.run(spec, rows, device, max_batch_tokens=max_batch_tokens, should_stop=should_stop)
         return chunks.model_fields(ctx, spec, loaded), results
-    fp, version = found
+    fp, stamp = found
     cache = ctx.result_cache()
     identities = [task.row_identity(row) if reusable is None or reusable[i] else None for i, row in enumerate(rows)]
     keys = cache_keys.row_keys(fp, identities)
@@ -66,14 +66,15 @@ def run(ctx: WorkerContext, spec: JobSpec, rows: list[Any], device: str, *, max_
     results.truncated |= {misses[j] for j in ran.truncated}
     results.exact_batches = ran.exact_batches
     fields = chunks.model_fields(ctx, spec, loaded)
-    if _same_version(loaded, version):
+    if _same_version(loaded, stamp):
         _store(ctx, task, spec, fp, [(i, keys[i]) for i in misses], results, fields)
     return fields, results
 
 
 def fingerprint(ctx: WorkerContext, task: tasks.Task, spec: JobSpec, device: str) -> tuple[str, str] | None:
-    """``(fingerprint, model version)`` of the spec's rows on this worker, or None when its results must not be
-    reused: sampling without a seed, or a model (or adapter) whose version cannot be resolved."""
+    """``(fingerprint, model stamp)`` of the spec's rows on this worker, or None when its results must not be
+    reused: sampling without a seed, or a model (or adapter) whose version cannot be resolved. The stamp is what
+    the model that runs must have been loaded at (:attr:`LoadedModel.version`) for its outputs to be stored."""
     if not task.deterministic(spec.options):
         return None
     version = model_version(str(spec.model), spec.revision)
@@ -93,7 +94,9 @@ def fingerprint(ctx: WorkerContext, task: tasks.Task, spec: JobSpec, device: str
         "dtype": dtype, "engine": spec.engine or ctx.default_engine(task, spec, dtype),
         "quantization": spec.quantization, "trust_remote_code": spec.trust_remote_code,
     }
-    return cache_keys.fingerprint(fields), version
+    # a folder's stamp reads no file; "" (unresolvable by now) matches no loaded model, so nothing is stored
+    stamp = model_version(str(spec.model), spec.revision, content=False) or ""
+    return cache_keys.fingerprint(fields), stamp
 
 
 def _same_version(loaded: LoadedModel, version: str) -> bool:

@@ -10,6 +10,7 @@ import json
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ from hfqueue import tasks
 from hfqueue.cache import store as cache_store
 from hfqueue.cache.keys import fingerprint, row_keys
 from hfqueue.cache.store import ResultCache
+from hfqueue.cache.versions import folder_hash, folder_stamp, model_version
 from hfqueue.cli.main import main
 from hfqueue.core.config import Settings
 from hfqueue.core.jobs import JobSpec
@@ -267,3 +269,24 @@ def test_row_identity_is_exact_and_media_is_keyed_by_content(tmp_path: Path) -> 
     path.write_bytes(b"second")
     assert image.row_identity(str(path)) != before
     assert image.row_identity(str(tmp_path / "missing.png")) is None
+
+
+def test_a_folders_stamp_follows_its_files_and_its_hash_their_contents(tmp_path: Path) -> None:
+    # given a model folder, its stamp and its content hash
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "weights.bin").write_bytes(b"\x00" * 64)
+    stamp, digest = folder_stamp(folder), folder_hash(folder)
+    # when a file is rewritten with the same bytes (a save of the same weights: a new mtime)
+    (folder / "weights.bin").write_bytes(b"\x00" * 64)
+    os.utime(folder / "weights.bin", ns=(1, 1))
+    # then the stamp changes and the content hash does not
+    assert folder_stamp(folder) != stamp and folder_hash(folder) == digest
+    # and when its bytes change, both do
+    (folder / "weights.bin").write_bytes(b"\x01" * 64)
+    assert folder_stamp(folder) != stamp and folder_hash(folder) != digest
+    # and a copy of the folder elsewhere has the same content hash
+    copy = Path(shutil.copytree(folder, tmp_path / "copy"))
+    assert folder_hash(copy) == folder_hash(folder)
+    assert model_version(str(folder), None, content=False).startswith("files:")
