@@ -227,10 +227,12 @@ def worker_devices(rig: Rig) -> Verdict:
         return verdict(path, ok, f"{[(w.name, w.device) for w in workers]}")
     apps = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,gpu_uuid", "--format=csv,noheader"],
                           capture_output=True, text=True, check=True).stdout
-    uuids = dict(line.split(", ") for line in subprocess.run(
+    uuids = dict(line.split(", ", 1) for line in subprocess.run(
         ["nvidia-smi", "--query-gpu=uuid,index", "--format=csv,noheader"], capture_output=True, text=True,
-        check=True).stdout.splitlines())
-    on = {int(pid): uuids.get(uuid.strip()) for pid, uuid in (line.split(", ") for line in apps.splitlines())}
+        check=True).stdout.splitlines() if ", " in line)
+    # rows of "pid, uuid"; anything else (a "No running processes found" notice) is not a process
+    rows = [line.split(", ") for line in apps.splitlines()]
+    on = {int(row[0]): uuids.get(row[1].strip()) for row in rows if len(row) == 2 and row[0].strip().isdigit()}
     # (name, device, the GPU nvidia-smi runs its pid on: None where the pid namespace hides it)
     pairs = [(w.name, w.device, on.get(w.pid)) for w in workers]
     named = sorted(n.split("@")[0].rsplit("-gpu", 1)[-1] for n, _, _ in pairs)
