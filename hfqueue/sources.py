@@ -107,14 +107,14 @@ def _undecoded(ds: "datasets.Dataset", columns: list[str]) -> "datasets.Dataset"
 
 
 def _stamp(source: Source) -> str:
-    """The sizes and modification times of a local source's files: a data file rewritten in place (rows appended,
-    edited) is opened again, not read from the stale copy."""
+    """The sizes and modification times of a local source's files: a data file or folder rewritten in place (rows
+    appended, edited) is opened again, not read from the stale copy."""
     if source.kind == "files":
         files = [Path(f) for f in source.data_files or []]
-    elif source.kind == "disk":
-        files = sorted(p for p in Path(str(source.path)).rglob("*") if p.is_file())
+    elif source.kind == "disk" or (source.kind == "hub" and source.path and Path(source.path).expanduser().is_dir()):
+        files = sorted(p for p in Path(str(source.path)).expanduser().rglob("*") if p.is_file())  # a local folder
     else:
-        return ""
+        return ""  # a Hub dataset: its commit, pinned at submit, is in the source
     stamps = []
     for path in files:
         try:

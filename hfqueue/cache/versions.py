@@ -9,6 +9,8 @@ and what a worker's resident model is checked against (a changed model loads ane
 - A Hub model: the commit its revision resolves to. A full commit hash is taken as given; a branch, tag or short
   hash is resolved through the Hub when online, else through the local Hub cache's refs and snapshots (where
   offline workers load from).
+- A Hub dataset (:func:`dataset_version`): the same, for the commit a job's rows are read at (the producer pins it
+  at submit, so every chunk and a resume read the rows that were counted).
 
 None when the version cannot be known: nothing is then reused or stored for the job.
 """
@@ -75,23 +77,32 @@ def folder_hash(folder: Path) -> str:
     return value
 
 
+def dataset_version(repo_id: str, revision: str | None) -> str | None:
+    """The commit of Hub dataset ``repo_id`` at ``revision`` (default main), asked afresh (a job is submitted once;
+    a push just before must be seen), or None when neither the Hub nor the local Hub cache knows it."""
+    if revision is not None and COMMIT.match(revision):
+        return revision
+    return hub_commit(repo_id, revision or "main", repo_type="dataset", remember=False)
+
+
 _REMEMBER_SECONDS = 60  # the Hub is asked again after this: a branch may move
-_commits: dict[tuple[str, str], tuple[float, str | None]] = {}
+_commits: dict[tuple[str, str, str], tuple[float, str | None]] = {}
 
 
-def hub_commit(repo_id: str, revision: str) -> str | None:
+def hub_commit(repo_id: str, revision: str, *, repo_type: str = "model", remember: bool = True) -> str | None:
     """The commit ``revision`` of Hub repo ``repo_id`` points at: asked of the Hub when online (remembered for a
-    minute), else read from the local Hub cache (each time: a file read, and the cache's refs move when someone
-    downloads a newer commit). None when neither knows."""
+    minute unless ``remember`` is false), else read from the local Hub cache (each time: a file read, and the
+    cache's refs move when someone downloads a newer commit). None when neither knows."""
     if _offline():
-        return cached_commit(repo_id, revision)
+        return cached_commit(repo_id, revision, repo_type=repo_type)
+    key = (repo_type, repo_id, revision)
     with _lock:
-        at, known = _commits.get((repo_id, revision), (0.0, None))
-    if time.monotonic() - at < _REMEMBER_SECONDS:
+        at, known = _commits.get(key, (0.0, None))
+    if remember and time.monotonic() - at < _REMEMBER_SECONDS:
         return known
-    commit = _ask_hub(repo_id, revision)
+    commit = _ask_hub(repo_id, revision, repo_type)
     with _lock:
-        _commits[(repo_id, revision)] = (time.monotonic(), commit)
+        _commits[key] = (time.monotonic(), commit)
     return commit
 
 
@@ -99,24 +110,25 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
 
 
-def _ask_hub(repo_id: str, revision: str) -> str | None:
+def _ask_hub(repo_id: str, revision: str, repo_type: str) -> str | None:
     try:
         from huggingface_hub import HfApi
 
-        sha = HfApi().model_info(repo_id, revision=revision, timeout=10).sha
+        sha = HfApi().repo_info(repo_id, revision=revision, repo_type=repo_type, timeout=10).sha
         if sha:
             return str(sha)
     except Exception as exc:  # noqa: BLE001 - unreachable Hub, unknown repo: the local cache may still know
-        logger.debug("cannot resolve %s@%s on the Hub: %s", repo_id, revision, exc)
-    return cached_commit(repo_id, revision)
+        logger.debug("cannot resolve %s %s@%s on the Hub: %s", repo_type, repo_id, revision, exc)
+    return cached_commit(repo_id, revision, repo_type=repo_type)
 
 
-def cached_commit(repo_id: str, revision: str, cache_dir: Path | None = None) -> str | None:
+def cached_commit(repo_id: str, revision: str, cache_dir: Path | None = None, *, repo_type: str = "model"
+                  ) -> str | None:
     """The commit of ``revision`` in the local Hub cache: a ref (branch, tag) file, or the one snapshot whose
     name starts with a short hash. None when the cache holds neither."""
     from huggingface_hub import constants
 
-    repo = Path(cache_dir or constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}"
+    repo = Path(cache_dir or constants.HF_HUB_CACHE) / f"{repo_type}s--{repo_id.replace('/', '--')}"
     ref = repo / "refs" / revision
     if ref.is_file():
         commit = ref.read_text().strip()

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hfqueue import sources, tasks
+from hfqueue.cache.versions import dataset_version
 from hfqueue.core import paths
 from hfqueue.core.config import Settings
 from hfqueue.core.jobs import Chunk, JobSpec, Source, plan_chunks
@@ -49,7 +50,7 @@ def plan_job(spec: JobSpec, settings: Settings, job_id: str) -> Plan:
                                value=spec.output_dir)
     if spec.output:
         publish.check(spec.output, settings)
-    source = sources.resolve(spec, settings.input_roots)
+    source = pinned(sources.resolve(spec, settings.input_roots))
     if spec.inputs is not None:
         rows = len(spec.inputs)
         if rows > settings.max_inline_rows:
@@ -62,6 +63,17 @@ def plan_job(spec: JobSpec, settings: Settings, job_id: str) -> Plan:
         raise InvalidSpecError(f"split {spec.split!r} of {spec.dataset!r} has no rows", value=spec.dataset)
     chunks = plan_chunks(rows, spec.chunk_size or settings.chunk_size)
     return Plan(spec, source, rows, chunks, output_dir)
+
+
+def pinned(source: Source) -> Source:
+    """A Hub dataset's source at the commit its revision points at now. Counted here and read by every chunk (and
+    by a resume) at that commit: a push to the branch while the job runs changes nothing in it, and the next job
+    reads the new commit (a worker's opened datasets are keyed by it). Left as it is when no commit can be known
+    (offline and not in the local Hub cache: opening it then fails with the reason anyway)."""
+    if source.kind != "hub" or source.path is None or paths.looks_local(source.path):
+        return source
+    commit = dataset_version(source.path, source.revision)
+    return source.model_copy(update={"revision": commit}) if commit else source
 
 
 def messages(plan: Plan, job_id: str, only: set[int] | None = None) -> Iterator[ChunkMessage]:

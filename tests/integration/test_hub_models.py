@@ -61,12 +61,16 @@ def hub(encoder: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub
         yield Hub(fake, root / "hub-cache", {"a": a, "b": b}, {"a": encoder, "b": other})
 
 
-def start(settings: Settings, worker_factory: Callable[..., WorkerProcess], env: dict[str, str]) -> Settings:
+def start(settings: Settings, worker_factory: Callable[..., WorkerProcess], env: dict[str, str]
+          ) -> Iterator[Settings]:
+    """A worker of its own queue and metrics port, stopped when the module ends (the fewer workers live on, the
+    fewer answer every later test's pings)."""
     mine = settings.model_copy(update={"queue": f"hub-models-{time.monotonic_ns()}", "metrics_port": free_port(),
                                        "metrics_address": "127.0.0.1"})
     worker = worker_factory(mine, env=env)
     wait_serving(f"http://127.0.0.1:{mine.metrics_port}/metrics", worker.proc, worker.log, "worker metrics", 30)
-    return mine
+    yield mine
+    worker.stop()
 
 
 @pytest.fixture(scope="module")
@@ -76,15 +80,15 @@ def shared(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Sett
 
 
 @pytest.fixture(scope="module")
-def online(shared: Settings, hub: Hub, worker_factory: Callable[..., WorkerProcess]) -> Settings:
+def online(shared: Settings, hub: Hub, worker_factory: Callable[..., WorkerProcess]) -> Iterator[Settings]:
     """A worker that reaches the Hub."""
-    return start(shared, worker_factory, hub.fake.env() | {"HF_HUB_CACHE": str(hub.cache)})
+    yield from start(shared, worker_factory, hub.fake.env() | {"HF_HUB_CACHE": str(hub.cache)})
 
 
 @pytest.fixture(scope="module")
-def offline(shared: Settings, hub: Hub, worker_factory: Callable[..., WorkerProcess]) -> Settings:
+def offline(shared: Settings, hub: Hub, worker_factory: Callable[..., WorkerProcess]) -> Iterator[Settings]:
     """A worker that cannot reach the Hub and loads from the Hub cache the online worker filled."""
-    return start(shared, worker_factory, {"HF_HUB_CACHE": str(hub.cache), "HF_HUB_OFFLINE": "1"})
+    yield from start(shared, worker_factory, {"HF_HUB_CACHE": str(hub.cache), "HF_HUB_OFFLINE": "1"})
 
 
 def embed(settings: Settings, rows: list[str], revision: str | None = None) -> tuple[np.ndarray, Job]:

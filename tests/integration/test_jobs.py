@@ -180,3 +180,18 @@ def test_a_model_folder_rewritten_in_place_runs_its_new_weights(client: Client, 
     # then the job ran the new weights, as loading the folder now gives, not the resident old ones
     np.testing.assert_allclose(after, direct_embeddings(model, rows), atol=1e-5)
     assert np.abs(after - before).max() > 1e-2
+
+
+def test_a_local_dataset_folder_rewritten_in_place_is_read_anew(client: Client, encoder: Path, texts: list[str],
+                                                               tmp_path: Path) -> None:
+    # given a folder of parquet files (a Hub-style dataset folder, not save_to_disk) that a job has read
+    folder = tmp_path / "rows"
+    folder.mkdir()
+    datasets.Dataset.from_dict({"text": texts[:8]}).to_parquet(folder / "train.parquet")
+    assert client.submit(task="feature-extraction", model=str(encoder), dataset=str(folder)).result(
+        timeout=90)["text"] == texts[:8]
+    # when its file is rewritten with other rows, and the folder runs again
+    datasets.Dataset.from_dict({"text": texts[8:20]}).to_parquet(folder / "train.parquet")
+    again = client.submit(task="feature-extraction", model=str(encoder), dataset=str(folder)).result(timeout=90)
+    # then the worker read the new rows, not the copy it opened before
+    assert again["text"] == texts[8:20]
