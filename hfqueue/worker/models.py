@@ -5,7 +5,8 @@ and the version the model resolves to, LRU-bounded. PEFT adapters are applied on
 A model's files can change under its name: a local folder rewritten in place, a Hub branch that moved. Each lookup
 resolves the model's version (:func:`hfqueue.cache.versions.model_version` with ``content=False``: a folder's
 stamp of its files' names, sizes and modification times; a Hub revision's commit), so a changed model loads anew
-and the old one leaves, instead of serving outputs of weights that are no longer there."""
+and the old one leaves, instead of serving outputs of weights that are no longer there. Names of one version (no
+revision, ``main``, main's commit) share one copy in memory."""
 
 from __future__ import annotations
 
@@ -79,14 +80,20 @@ class ModelCache:
         key: ModelKey = (task.name, model, revision, version, device, dtype, quantization, engine)
         if key in self._models and self._models[key].broken:
             logger.warning("dropping %s (%s): a PEFT adapter that failed to load left it unusable", model, task.name)
-            del self._models[key]
-            self._entries = tuple(self._models.items())
-            free_device_memory(device)
+            broken = self._models[key]
+            for name in [k for k, m in self._models.items() if m is broken]:
+                self._forget(name)
         if key in self._models:
             self._models.move_to_end(key)
             self.hooks.cache_hit(task.name, model)
             return self._models[key]
         self._drop_other_versions(key)
+        twin = self._same_weights(key)
+        if twin is not None:  # one copy in memory serves every name of the same version
+            self._models[key] = twin
+            self._entries = tuple(self._models.items())
+            self.hooks.cache_hit(task.name, model)
+            return twin
         started = time.perf_counter()
         # A Hub revision loads at the commit it resolved to, so what runs is the version the key (and the result
         # cache's fingerprint) names, even if the branch moves during the load.
@@ -102,26 +109,39 @@ class ModelCache:
         logger.info("loaded %s for %s on %s in %.1f s", model, task.name, where, seconds)
         self.hooks.model_loaded(task.name, model, seconds=seconds)
         self._models[key] = loaded
-        while len(self._models) > self.size:
-            old_key, _ = self._models.popitem(last=False)
-            logger.info("evicted %s (%s) from the model cache", old_key[1], old_key[0])
-            self.hooks.model_evicted(old_key[0], old_key[1])
-            free_device_memory(device)
+        while self._count() > self.size:
+            oldest = next(iter(self._models))
+            logger.info("evicted %s (%s) from the model cache", oldest[1], oldest[0])
+            self._forget(oldest)
         self._entries = tuple(self._models.items())
-        self.hooks.models_resident(len(self._models))
+        self.hooks.models_resident(self._count())
         return loaded
+
+    def _count(self) -> int:
+        """Models in memory (several keys may name one: see :meth:`_same_weights`)."""
+        return len({id(loaded) for loaded in self._models.values()})
+
+    def _same_weights(self, key: ModelKey) -> LoadedModel | None:
+        """A resident model of ``key``'s version under another revision name: no revision, ``main`` and main's
+        commit all resolve to one commit, and are served by one copy."""
+        if key[3] is None:
+            return None
+        return next((m for k, m in self._models.items() if k[:2] == key[:2] and k[3:] == key[3:]), None)
+
+    def _forget(self, key: ModelKey) -> None:
+        """Drop ``key``; its model leaves, and its memory is given back, once no other key names it."""
+        loaded = self._models.pop(key)
+        if all(other is not loaded for other in self._models.values()):
+            self.hooks.model_evicted(key[0], key[1])
+            free_device_memory(key[4])
+        self._entries = tuple(self._models.items())
 
     def _drop_other_versions(self, key: ModelKey) -> None:
         """Unload the resident models that differ from ``key`` only in version: their files changed."""
         same = key[:3] + key[4:]
-        changed = [k for k in self._models if k[:3] + k[4:] == same]
-        for old in changed:
+        for old in [k for k in self._models if k[:3] + k[4:] == same]:
             logger.info("%s (%s) changed (version %s, was %s): loading it again", key[1], key[0], key[3], old[3])
-            del self._models[old]
-            self.hooks.model_evicted(old[0], old[1])
-        if changed:
-            self._entries = tuple(self._models.items())
-            free_device_memory(key[4])
+            self._forget(old)
 
 
 def free_device_memory(device: str) -> None:

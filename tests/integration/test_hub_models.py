@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -91,9 +92,10 @@ def offline(shared: Settings, hub: Hub, worker_factory: Callable[..., WorkerProc
     yield from start(shared, worker_factory, {"HF_HUB_CACHE": str(hub.cache), "HF_HUB_OFFLINE": "1"})
 
 
-def embed(settings: Settings, rows: list[str], revision: str | None = None) -> tuple[np.ndarray, Job]:
+def embed(settings: Settings, rows: list[str], revision: str | None = None, **fields: Any) -> tuple[np.ndarray, Job]:
     with Client(settings) as client:
-        job = client.submit(task="feature-extraction", model=REPO, revision=revision, inputs=rows, chunk_size=8)
+        job = client.submit(task="feature-extraction", model=REPO, revision=revision, inputs=rows, chunk_size=8,
+                            **fields)
         return np.asarray(job.result(timeout=120)["embedding"], dtype=np.float32), job
 
 
@@ -107,10 +109,15 @@ def test_an_online_worker_keys_hub_rows_by_the_commit_their_revision_resolves_to
     first, job = embed(online, rows)
     np.testing.assert_allclose(first, direct_embeddings(hub.folders["a"], rows), atol=1e-5)
     assert job.status().rows_reused == 0
-    # when they run again naming main's commit in full, then naming the branch "next"
+    # when they run again naming main's commit in full (once computing), then naming the branch "next"
+    loaded = loads(online)
+    computed, _ = embed(online, rows, revision=hub.commits["a"], reuse=False)
+    second_copy = loads(online) - loaded
     again, pinned = embed(online, rows, revision=hub.commits["a"])
     other, moved = embed(online, rows, revision="next")
-    # then the commit is main's: every row is reused, equal to the first run
+    # then the commit is main's: the model main loaded served it (no second copy), and every row is reused
+    assert second_copy == 0
+    np.testing.assert_allclose(computed, first, atol=1e-6)
     assert pinned.status().rows_reused == len(rows)
     np.testing.assert_array_equal(again, first)
     # and "next" is another commit: nothing reused, its own weights ran
@@ -122,8 +129,8 @@ def test_an_online_worker_keys_hub_rows_by_the_commit_their_revision_resolves_to
     def held() -> list[str] | None:
         with Client(online) as client:
             worker = next((w for w in client.live_workers() if w.queue == online.queue), None)
-        versions = sorted(m["version"] for m in worker.models) if worker is not None else []
-        return versions if len(versions) == 2 else None
+        versions = sorted({m["version"] for m in worker.models}) if worker is not None else []
+        return versions if len(versions) == 2 else None  # main's commit is held under two names, one copy
 
     assert wait_for(held, 10, "the worker's record of its models") == sorted(hub.commits.values())
 
