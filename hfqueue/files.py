@@ -1,11 +1,15 @@
-"""Atomic file writes: a file is written under a temporary name in its own folder, then renamed over the final name,
-so a reader (another process, a resumed job) sees the old file or the new one whole, never half of one."""
+"""Files: atomic writes, and stamps that tell a rewritten file without reading it.
+
+A file is written under a temporary name in its own folder, then renamed over the final name, so a reader (another
+process, a resumed job) sees the old file or the new one whole, never half of one.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -43,3 +47,16 @@ def atomic_text(final: Path, text: str) -> Path:
     with atomic_path(final) as tmp:
         tmp.write_text(text)
     return final
+
+
+def stamp(paths: Iterable[Path]) -> str:
+    """A sha256 (hex) of each path's name, size and modification time (``-`` for one that is gone): it changes when
+    a file is rewritten, added or removed, and reads no file's bytes."""
+    digest = hashlib.sha256()
+    for path in paths:
+        try:
+            stat = path.stat()
+            digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        except OSError:
+            digest.update(f"{path}\0-\n".encode())
+    return digest.hexdigest()

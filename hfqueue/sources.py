@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from hfqueue.core import paths
 from hfqueue.core.jobs import JobSpec, Source
 from hfqueue.errors import InvalidSpecError, SourceNotFoundError
+from hfqueue.files import stamp
 
 if TYPE_CHECKING:
     import datasets
@@ -115,14 +116,7 @@ def _stamp(source: Source) -> str:
         files = sorted(p for p in Path(str(source.path)).expanduser().rglob("*") if p.is_file())  # a local folder
     else:
         return ""  # a Hub dataset: its commit, pinned at submit, is in the source
-    stamps = []
-    for path in files:
-        try:
-            stat = path.stat()
-            stamps.append(f"{path}:{stat.st_size}:{stat.st_mtime_ns}")
-        except OSError:
-            stamps.append(f"{path}:-")
-    return "|".join(stamps)
+    return stamp(files)
 
 
 def _open(source: Source) -> "datasets.Dataset":

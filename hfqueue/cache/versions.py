@@ -25,6 +25,8 @@ import threading
 import time
 from pathlib import Path
 
+from hfqueue.files import stamp
+
 logger = logging.getLogger(__name__)
 
 COMMIT = re.compile(r"^[0-9a-f]{40}$")  # a full Hub commit hash
@@ -53,8 +55,8 @@ def _listing(folder: Path) -> tuple[Path, list[Path], tuple[tuple[str, int, int]
 
 def folder_stamp(folder: Path) -> str:
     """``files:<hex>``: a sha256 of the names, sizes and modification times of the files under ``folder``."""
-    _, _, signature = _listing(folder)
-    return "files:" + hashlib.sha256(repr(signature).encode()).hexdigest()
+    _, files, _ = _listing(folder)
+    return "files:" + stamp(files)
 
 
 def folder_hash(folder: Path) -> str:
