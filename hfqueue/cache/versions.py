@@ -45,23 +45,22 @@ def model_version(model: str, revision: str | None, *, content: bool = True) -> 
     return hub_commit(model, revision or "main")
 
 
-def _listing(folder: Path) -> tuple[Path, list[Path], tuple[tuple[str, int, int], ...]]:
-    """The folder resolved, its files (not hidden ones) and their (relative name, size, mtime) signature."""
-    root = folder.resolve()
-    files = sorted(p for p in root.rglob("*") if p.is_file() and not any(
+def _files(root: Path) -> list[Path]:
+    """The files under the resolved folder ``root``, hidden ones aside, in order."""
+    return sorted(p for p in root.rglob("*") if p.is_file() and not any(
         part.startswith(".") for part in p.relative_to(root).parts))
-    return root, files, tuple((str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
 
 
 def folder_stamp(folder: Path) -> str:
     """``files:<hex>``: a sha256 of the names, sizes and modification times of the files under ``folder``."""
-    _, files, _ = _listing(folder)
-    return "files:" + stamp(files)
+    return "files:" + stamp(_files(folder.resolve()))
 
 
 def folder_hash(folder: Path) -> str:
     """``sha256:<hex>`` of the relative names and contents of the files under ``folder`` (not hidden ones)."""
-    root, files, signature = _listing(folder)
+    root = folder.resolve()
+    files = _files(root)
+    signature = tuple((str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
     with _lock:
         known = _folders.get((str(root), signature))
     if known is not None:
