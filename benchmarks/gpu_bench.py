@@ -18,10 +18,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from embeddings import plain_loop
 from gpu_paths import Rig, min_cosine, vectors, verdict
+
 from hfqueue.cli.demo import topic_sentences
 
 
