@@ -15,7 +15,7 @@ import logging
 import time
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from hfqueue.cache.versions import COMMIT
 from hfqueue.core.hooks import Hooks
@@ -24,8 +24,17 @@ from hfqueue.tasks.engines.attach import attach
 
 logger = logging.getLogger(__name__)
 
-# task, model, revision, version, device, dtype, quantization, engine
-ModelKey = tuple[str, str, str | None, str | None, str, str, str | None, str]
+class ModelKey(NamedTuple):
+    """What a resident model is loaded for; ``version`` is what its files resolved to (see the module)."""
+
+    task: str
+    model: str
+    revision: str | None
+    version: str | None
+    device: str
+    dtype: str
+    quantization: str | None
+    engine: str
 
 
 def resolve_device(device: str) -> str:
@@ -56,10 +65,9 @@ class ModelCache:
 
     def resident(self) -> list[dict[str, Any]]:
         """The resident models, oldest load first: task, model, revision, version (a Hub commit, a folder's
-        ``sha256:``), device, dtype, quantization, the devices their weights lie on and the PEFT adapters applied to
-        them (least recently used first)."""
-        names = ("task", "model", "revision", "version", "device", "dtype", "quantization", "engine")
-        return [{**dict(zip(names, key, strict=True)), "devices": list(loaded.devices),
+        ``files:`` stamp), device, dtype, quantization, the devices their weights lie on and the PEFT adapters
+        applied to them (least recently used first)."""
+        return [{**key._asdict(), "devices": list(loaded.devices),
                  "adapters": list(loaded.peft.sources) if loaded.peft is not None else []}
                 for key, loaded in self._entries]
 
@@ -77,7 +85,7 @@ class ModelCache:
         ``version``: what the model's files resolve to now (:func:`hfqueue.cache.versions.model_version`, which
         the caller runs outside its model lock: it may ask the Hub); None when that cannot be known (the load
         decides)."""
-        key: ModelKey = (task.name, model, revision, version, device, dtype, quantization, engine)
+        key = ModelKey(task.name, model, revision, version, device, dtype, quantization, engine)
         if key in self._models and self._models[key].broken:
             logger.warning("dropping %s (%s): a PEFT adapter that failed to load left it unusable", model, task.name)
             broken = self._models[key]
@@ -111,7 +119,7 @@ class ModelCache:
         self._models[key] = loaded
         while self._count() > self.size:
             oldest = next(iter(self._models))
-            logger.info("evicted %s (%s) from the model cache", oldest[1], oldest[0])
+            logger.info("evicted %s (%s) from the model cache", oldest.model, oldest.task)
             self._forget(oldest)
         self._entries = tuple(self._models.items())
         self.hooks.models_resident(self._count())
@@ -124,23 +132,25 @@ class ModelCache:
     def _same_weights(self, key: ModelKey) -> LoadedModel | None:
         """A resident model of ``key``'s version under another revision name: no revision, ``main`` and main's
         commit all resolve to one commit, and are served by one copy."""
-        if key[3] is None:
+        if key.version is None:
             return None
-        return next((m for k, m in self._models.items() if k[:2] == key[:2] and k[3:] == key[3:]), None)
+        return next((m for k, m in self._models.items() if k._replace(revision=None) == key._replace(revision=None)),
+                    None)
 
     def _forget(self, key: ModelKey) -> None:
         """Drop ``key``; its model leaves, and its memory is given back, once no other key names it."""
         loaded = self._models.pop(key)
         if all(other is not loaded for other in self._models.values()):
-            self.hooks.model_evicted(key[0], key[1])
-            free_device_memory(key[4])
+            self.hooks.model_evicted(key.task, key.model)
+            free_device_memory(key.device)
         self._entries = tuple(self._models.items())
 
     def _drop_other_versions(self, key: ModelKey) -> None:
         """Unload the resident models that differ from ``key`` only in version: their files changed."""
-        same = key[:3] + key[4:]
-        for old in [k for k in self._models if k[:3] + k[4:] == same]:
-            logger.info("%s (%s) changed (version %s, was %s): loading it again", key[1], key[0], key[3], old[3])
+        same = key._replace(version=None)
+        for old in [k for k in self._models if k._replace(version=None) == same]:
+            logger.info("%s (%s) changed (version %s, was %s): loading it again", key.model, key.task, key.version,
+                        old.version)
             self._forget(old)
 
 

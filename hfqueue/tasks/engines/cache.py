@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from hfqueue.errors import ModelLoadError
+from hfqueue.files import stamp
 from hfqueue.tasks.engines.export import read_meta, sha256
 
 logger = logging.getLogger(__name__)
@@ -42,12 +43,9 @@ def safe_model_id(model_id: str) -> str:
 def folder_key(folder: Path) -> str:
     """``local-<hash>`` of a local model folder: the names, sizes and mtimes of its config and weight files
     (reading mtimes, not contents, keeps this instant for multi-GB weights)."""
-    digest = hashlib.sha256()
-    for path in sorted(Path(folder).rglob("*")):
-        if path.is_file() and (path.suffix in _WEIGHT_SUFFIXES or path.name in _CONFIG_FILES):
-            stat = path.stat()
-            digest.update(f"{path.relative_to(folder)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-    return f"local-{digest.hexdigest()[:16]}"
+    files = [p for p in sorted(Path(folder).rglob("*"))
+             if p.is_file() and (p.suffix in _WEIGHT_SUFFIXES or p.name in _CONFIG_FILES)]
+    return f"local-{stamp(files)[:16]}"
 
 
 def _revision_key(model_id: str, revision: str | None) -> str:
