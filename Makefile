@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # torch is installed first and pinned: on these machines 2.13.0 is a CPU wheel on local disk; on a
-# GPU host the same pin gets PyPI's CUDA build. Override with `make TORCH_SPEC=torch==X.Y.Z`.
+# GPU host the same pin gets PyPI's CUDA build (for 2.13.0: CUDA 13.0, which needs an R580+ driver).
+# Override with `make TORCH_SPEC=torch==X.Y.Z`.
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed-stamp
 # pytest-xdist processes for `make test`: each runs whole test files with its own redis-server and session worker

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from embeddings import plain_loop
-from gpu_paths import Rig, min_cosine, vectors, verdict
+from gpu_answers import min_cosine, vectors
+from gpu_paths import Rig, verdict
 
 from hfqueue.cli.demo import topic_sentences
 

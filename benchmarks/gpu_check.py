@@ -5,7 +5,8 @@ It starts an embedded redis-server, a reference worker on the CPU in float32 (qu
 all`` (queue ``gpu``), builds random models on the spot (no network: ``benchmarks/gpu_models.py``), runs each path
 as a job on the GPUs and the same rows on the reference, and compares them within the path's tolerance:
 
-  embeddings / text-classification / generation in float16 and bfloat16; 8-bit and 4-bit weights (bitsandbytes);
+  embeddings / text-classification / generation in float16 and bfloat16 (greedy text: each token float32's own
+  greedy choice or within a near-tie of it, ``gpu_answers.py``); 8-bit and 4-bit weights (bitsandbytes);
   a real out-of-memory error (a 2,048-wide model, 8M-token batches of 4,096-token rows) whose back-off finishes with
   what a run that never ran out gives; prefetching (on by default on CUDA) in float32; a LoRA adapter; a worker
   with HFQ_DEVICE_MAP=auto over every GPU (two or more); the GPU memory gauges; ``hfq workers`` naming each
@@ -15,7 +16,8 @@ Then ``benchmarks/gpu_bench.py`` (hfqueue against a hand-written fp16 loop and t
 ``benchmarks/results/gpu-bench.json`` and ``.md``; the verdicts go to ``gpu-check.json`` and ``.md`` beside them.
 
 On a host without a GPU it prints what it skipped and exits 0. ``--cpu`` runs the same plumbing with a CPU worker in
-the GPU worker's place, tiny sizes, float32 only (``make test`` does, so the script cannot rot). A GPU host without
+the GPU worker's place, tiny sizes, float16 and bfloat16 on the CPU too (``make test`` does, so the script cannot
+rot). A GPU host without
 hfqueue's dependencies gets them from ``wheelhouse/`` (``make wheelhouse``), installed with ``--no-index`` into
 ``.gpu-site`` beside the host's own torch, never over it.
 

@@ -47,10 +47,13 @@ def test_on_a_cpu_worker_the_plumbing_answers_and_report_are_real(tmp_path: Path
     done = subprocess.run([sys.executable, str(SCRIPT), "--cpu", "--out", str(tmp_path)], env=env,
                           capture_output=True, text=True, timeout=280)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    # then the paths that run on a CPU passed against the CPU reference, the others were skipped with a reason
+    # then the paths that run on a CPU (float16 and bfloat16 too) passed against the CPU float32 reference, the
+    # others were skipped with a reason
     report = json.loads((tmp_path / "gpu-check.json").read_text())
     status = {v["path"]: v["status"] for v in report["verdicts"]}
-    assert status.pop("prefetch (float32)") == status.pop("LoRA adapter") == status.pop("hfq workers devices") == "PASS"
+    runs_on_a_cpu = [f"{task} {dtype}" for task in ("embeddings", "text-classification", "generation")
+                     for dtype in ("float16", "bfloat16")] + ["prefetch (float32)", "LoRA adapter", "hfq workers devices"]
+    assert {path: status.pop(path) for path in runs_on_a_cpu} == dict.fromkeys(runs_on_a_cpu, "PASS")
     assert set(status.values()) == {"SKIP"}
     # and the report and the benchmark's results were written
     assert "| LoRA adapter | PASS |" in (tmp_path / "gpu-check.md").read_text()
@@ -81,6 +84,42 @@ def test_an_answer_off_the_reference_fails_its_path() -> None:
     assert gpu_paths.embeddings(close, "float32")["status"] == "PASS"
     failed = gpu_paths.embeddings(off, "float32")
     assert failed["status"] == "FAIL" and "min cosine" in failed["detail"]
+
+
+def test_greedy_text_passes_only_where_each_token_is_float32s_choice_or_a_near_tie(tmp_path: Path) -> None:
+    import gpu_answers
+    import gpu_models
+    import torch
+    import transformers
+
+    from hfqueue.tasks.generation import finished
+    from tests.tiny_models import sentences
+
+    # given the check's decoder, and greedy continuations from its own library's generate
+    folder = gpu_models.decoder(tmp_path / "decoder", hidden=128, layers=4, heads=4)
+    tok = transformers.AutoTokenizer.from_pretrained(folder)
+    loaded = SimpleNamespace(tokenizer=tok, model=transformers.AutoModelForCausalLM.from_pretrained(folder).eval())
+    prompts = sentences(8, seed=2)
+
+    def greedy(batch: list[str], side: str) -> tuple[list[str], list[int]]:
+        tok.padding_side = side
+        enc = tok(batch, return_tensors="pt", padding=True)
+        with torch.inference_mode():
+            out = loaded.model.generate(**enc, max_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id)
+        ends = finished(loaded, out[:, enc["input_ids"].shape[1]:], None)
+        return [text for text, _, _ in ends], [n for _, _, n in ends]
+
+    own = [greedy([p], "left") for p in prompts]
+    texts, counts = [t[0] for t, _ in own], [n[0] for _, n in own]
+    padded_right = greedy(prompts, "right")  # the classic decoder-only batching bug
+    # when each is measured against the float32 model, teacher-forced along it
+    gaps = {name: gpu_answers.greedy_gaps(folder, prompts, *answer, tie=0.05) for name, answer in {
+        "own": (texts, counts), "right-padded": padded_right,
+        "another row's": (texts[1:] + texts[:1], counts[1:] + counts[:1])}.items()}
+    # then the library's own greedy text is float32's choice at every token, and the wrong answers fail
+    assert gaps["own"] == [0.0] * 8
+    assert sum(gap > 0.05 for gap in gaps["right-padded"]) >= 6, gaps
+    assert all(gap > 0.05 for gap in gaps["another row's"]), gaps
 
 
 def test_the_wheelhouse_carries_what_the_host_lacks_never_torch() -> None:
