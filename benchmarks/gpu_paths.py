@@ -163,13 +163,18 @@ def out_of_memory(rig: Rig) -> Verdict:
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(rig.models["wide"])
-    text = " ".join(sentences(400, seed=3))
+    text = " ".join(sentences(140, seed=3))  # ~5,000 tokens: past the limit, and little more to tokenize
     assert len(tok(text)["input_ids"]) > 4096, "rows must reach the 4,096-token limit"
-    rows = [f"{i} {text}" for i in range(2048)]
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    # 2,048 rows of ~25 kB: a data file, so chunk messages name row ranges instead of carrying 50 MB of text
+    data = rig.work / "long-rows.parquet"
+    pq.write_table(pa.table({"text": [f"{i} {text}" for i in range(2048)]}), data)
     before = rig.metric("hfq_oom_splits_total")
-    big = vectors(rig.outputs(rig.main, "wide", inputs=rows, chunk_size=2048, dtype="bfloat16")[0])
+    big = vectors(rig.outputs(rig.main, "wide", dataset=str(data), chunk_size=2048, dtype="bfloat16")[0])
     splits = rig.metric("hfq_oom_splits_total") - before
-    small = vectors(rig.outputs(rig.main, "wide", inputs=rows, chunk_size=256, dtype="bfloat16")[0])
+    small = vectors(rig.outputs(rig.main, "wide", dataset=str(data), chunk_size=256, dtype="bfloat16")[0])
     again = rig.metric("hfq_oom_splits_total") - before - splits
     cosine = min_cosine(big, small)
     return verdict(path, splits > 0 and again == 0 and cosine >= 0.999,
