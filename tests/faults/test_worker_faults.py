@@ -152,7 +152,8 @@ def test_a_frozen_worker_whose_chunk_outlives_the_visibility_timeout_duplicates_
         status = job.wait(timeout=120)
         assert status.state in (JobState.COMPLETED, JobState.COMPLETED_WITH_ERRORS)
         errors = set(ledger(Path(status.output_dir))[1])
-        assert errors in (set(), set(range(index * 16, index * 16 + 16)))
+        # (on failure, each chunk's state, attempts, worker and error say which copy gave up, and why)
+        assert errors in (set(), set(range(index * 16, index * 16 + 16))), (index, job.chunks())
         assert_each_row_once(Path(status.output_dir), 64, failed=errors)
 
 
