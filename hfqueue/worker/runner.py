@@ -214,25 +214,30 @@ def _run(task: Task, models: Models, index: list[int], features: list[Any],
                 seconds = time.perf_counter() - started
     except (ModelLoadError, SoftTimeLimitExceeded):  # the model or the chunk's time is at fault, not a row
         raise
-    except Exception as exc:  # noqa: BLE001 - find the rows that fail by halving the batch
-        if is_out_of_memory(exc):
-            free_device_memory(loaded.device)
-            padded = max(lengths[i] for i in index) * len(index)
-            budget.shrink(padded)
-            hooks.oom_split(task.name, loaded.name)
-            logger.warning("out of memory on a batch of %d rows (%d padded tokens): splitting it; token budget "
-                           "now %d", len(index), padded, budget.tokens)
-        if len(index) == 1:
-            results.errors[index[0]] = _describe(exc)
-            return
-        half = len(index) // 2
-        _run(task, models, index[:half], features, options, results, budget, lengths, lock, hooks)
-        _run(task, models, index[half:], features, options, results, budget, lengths, lock, hooks)
+    except Exception as exc:  # noqa: BLE001 - find the rows that fail by halving the batch, below
+        out_of_memory, error = is_out_of_memory(exc), _describe(exc)
+    else:
+        hooks.batch_done(task.name, loaded.name, rows=len(index), real_tokens=sum(lengths[i] for i in index),
+                         padded_tokens=max(lengths[i] for i in index) * len(index), seconds=seconds)
+        for i, out in zip(index, outputs, strict=True):
+            results.outputs[i] = out
         return
-    hooks.batch_done(task.name, loaded.name, rows=len(index), real_tokens=sum(lengths[i] for i in index),
-                     padded_tokens=max(lengths[i] for i in index) * len(index), seconds=seconds)
-    for i, out in zip(index, outputs, strict=True):
-        results.outputs[i] = out
+    # Out of the except block, the exception is gone, and with it its traceback, whose frames hold the failed pass's
+    # tensors (activations, on the device): the halves must not run beside them. The batch goes too.
+    batch = ready = None
+    if out_of_memory:
+        free_device_memory(loaded.device)
+        padded = max(lengths[i] for i in index) * len(index)
+        budget.shrink(padded)
+        hooks.oom_split(task.name, loaded.name)
+        logger.warning("out of memory on a batch of %d rows (%d padded tokens): splitting it; token budget "
+                       "now %d", len(index), padded, budget.tokens)
+    if len(index) == 1:
+        results.errors[index[0]] = error
+        return
+    half = len(index) // 2
+    _run(task, models, index[:half], features, options, results, budget, lengths, lock, hooks)
+    _run(task, models, index[half:], features, options, results, budget, lengths, lock, hooks)
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

@@ -6,6 +6,7 @@ bookkeeping, which is the same whatever the model is.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import pytest
@@ -128,6 +129,38 @@ def test_a_row_too_big_for_memory_alone_fails_with_the_out_of_memory_error() -> 
                         max_batch_tokens=1000, max_length=64)
     assert list(result.errors) == [1] and result.errors[1][0] == "OutOfMemoryError"
     assert result.outputs[0] == {"out": "SHORT"}
+
+
+class HoldsActivations(OutOfMemoryAbove):
+    """Like OutOfMemoryAbove, but each pass first makes an activation tensor, as a model's forward does before the
+    allocation that fails; at the start of every pass it notes how many activations of failed passes are alive."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(limit)
+        self.failed: list[weakref.ref[torch.Tensor]] = []
+        self.alive_at_start: list[int] = []
+
+    def forward(self, loaded: LoadedModel, batch: Any, options: dict[str, Any]) -> list[dict[str, Any]]:
+        self.alive_at_start.append(sum(ref() is not None for ref in self.failed))
+        activation = torch.empty(len(batch), 1024)
+        if max(len(r) for r in batch) * len(batch) > self.limit:
+            self.failed.append(weakref.ref(activation))
+        return super().forward(loaded, batch, options)
+
+
+def test_a_pass_that_ran_out_of_memory_has_let_go_of_its_tensors_before_its_halves_run() -> None:
+    # given a batch that runs out of memory after its forward pass made an activation (the exception's traceback
+    # holds the pass's frames, and they hold it, for as long as the exception lives)
+    task = HoldsActivations(limit=30)
+    rows = [f"row-{i:06d}" for i in range(8)]
+
+    # when it is split and its halves run
+    result = infer_rows(task, LOADED, rows, {}, max_batch_size=8, max_batch_tokens=1000, max_length=64)
+
+    # then every row succeeds, and no pass began while a failed pass's activation was still alive: on a GPU, the
+    # halves would otherwise run out of memory beside it
+    assert result.errors == {} and len(task.failed) >= 2
+    assert task.alive_at_start == [0] * len(task.batches), task.alive_at_start
 
 
 def test_prefetching_the_next_batch_changes_nothing_in_the_results() -> None:
