@@ -89,7 +89,9 @@ class ModelCache:
         if key in self._models and self._models[key].broken:
             logger.warning("dropping %s (%s): a PEFT adapter that failed to load left it unusable", model, task.name)
             broken = self._models[key]
-            for name in [k for k, m in self._models.items() if m is broken]:
+            names = [k for k, m in self._models.items() if m is broken]
+            del broken  # held here, it would outlive _forget's freeing of its memory
+            for name in names:
                 self._forget(name)
         if key in self._models:
             self._models.move_to_end(key)
@@ -140,10 +142,12 @@ class ModelCache:
     def _forget(self, key: ModelKey) -> None:
         """Drop ``key``; its model leaves, and its memory is given back, once no other key names it."""
         loaded = self._models.pop(key)
+        self._entries = tuple(self._models.items())
         if all(other is not loaded for other in self._models.values()):
             self.hooks.model_evicted(key.task, key.model)
+            # The last references go first: emptying the CUDA cache returns only blocks no tensor holds any more.
+            del loaded
             free_device_memory(key.device)
-        self._entries = tuple(self._models.items())
 
     def _drop_other_versions(self, key: ModelKey) -> None:
         """Unload the resident models that differ from ``key`` only in version: their files changed."""
