@@ -79,8 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("worker", help="run a worker in the foreground (one model-serving process)")
     p.add_argument("--name", help="Celery node name (default hfq-PID@HOST)")
     p.add_argument("--loglevel", help="log level (default HFQ_LOG_LEVEL)")
-    p.add_argument("--gpus", help="one worker per GPU, each pinned to its GPU and restarted if it dies: `all`, or "
-                   "indexes / UUIDs such as 0,1 (metrics on HFQ_METRICS_PORT, +1, +2, ...)")
+    p.add_argument("--gpus", help="one worker per GPU, each pinned to its GPU and restarted if it dies: `all` (those "
+                   "CUDA_VISIBLE_DEVICES leaves, else every GPU nvidia-smi lists), or indexes (nvidia-smi's) / UUIDs "
+                   "such as 0,1 (metrics on HFQ_METRICS_PORT, +1, +2, ...)")
     p.set_defaults(func=serve.worker)
 
     p = sub.add_parser("health", help="exit 0 when Redis answers (and, with --worker, a worker on this host is "

@@ -29,7 +29,8 @@ MAX_BACKOFF = 60.0
 
 
 def parse_gpus(spec: str) -> list[str]:
-    """The GPUs ``--gpus`` names: ``all`` (every GPU ``nvidia-smi`` lists), or indexes / UUIDs separated by commas.
+    """The GPUs ``--gpus`` names: ``all`` (the GPUs ``CUDA_VISIBLE_DEVICES`` leaves this process where it is set,
+    else every GPU ``nvidia-smi`` lists), or indexes / UUIDs separated by commas.
 
     >>> parse_gpus("0,1")
     ['0', '1']
@@ -45,6 +46,18 @@ def parse_gpus(spec: str) -> list[str]:
 
 
 def _visible_gpus() -> list[str]:
+    # A process confined to some GPUs (by Slurm, a scheduler or its user) keeps to them: nvidia-smi lists them all.
+    # CUDA reads the list up to its first entry that is not a GPU ("-1" hides every one).
+    confined = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if confined is not None:
+        entries = [g.strip() for g in confined.split(",")]
+        valid = next((i for i, g in enumerate(entries) if not (g.isdigit() or g.startswith(("GPU-", "MIG-")))),
+                     len(entries))
+        if valid == 0:
+            raise ConfigError(f"--gpus all: CUDA_VISIBLE_DEVICES={confined!r} leaves this process no GPU; unset it "
+                              "or name GPUs in it (e.g. 0,1), or run `hfq worker` without --gpus for a CPU worker",
+                              value="all")
+        return entries[:valid]
     try:
         listed = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"], capture_output=True,
                                 text=True, timeout=30, check=True).stdout.split()
@@ -87,6 +100,9 @@ class Supervisor:
         # The workers inherit this process's environment (HFQ_* settings, HF_* variables) plus their GPU.
         inherited = dict(os.environ)
         self.loglevel = loglevel
+        # GPU indexes as nvidia-smi numbers them (PCI bus order), not CUDA's default fastest-first order, which on a
+        # host of mixed GPUs would pin worker gpu0 to another card than nvidia-smi's GPU 0; a set order is kept.
+        inherited.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
         self.slots = [Slot(gpu, f"{base}-gpu{gpu}@{host}", {
             **inherited, "CUDA_VISIBLE_DEVICES": gpu,
             "HFQ_METRICS_PORT": str(settings.metrics_port + i if settings.metrics_port else 0),

@@ -52,6 +52,7 @@ def test_one_worker_per_listed_gpu_each_pinned_and_restarted(settings: Settings,
             assert set(serving) == {"box-gpu0", "box-gpu1"}
             assert environ(serving["box-gpu0"])["CUDA_VISIBLE_DEVICES"] == "0"
             assert environ(serving["box-gpu1"])["CUDA_VISIBLE_DEVICES"] == "1"
+            assert environ(serving["box-gpu0"])["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"  # indexes as nvidia-smi's
             # and `hfq health --worker` on this host says it is healthy
             health = subprocess.run([sys.executable, "-m", "hfqueue", "health", "--worker"], env=settings_env(mine),
                                     capture_output=True, text=True, timeout=60)
