@@ -67,7 +67,8 @@ def reopen(store: JobStore, job_id: str, was: JobState, *, chunks_left: bool) ->
     """A failed or cancelled job runs on (``resume``): queued when chunks are left to run, else running (only
     its publishing is left)."""
     new = JobState.QUEUED if chunks_left else JobState.RUNNING
-    return store.transition(job_id, new, allowed_from=(was.value,), error="", finished_at="")
+    # manifest_state emptied: the manifest still says how the job ended before, until the next move rewrites it
+    return store.transition(job_id, new, allowed_from=(was.value,), error="", finished_at="", manifest_state="")
 
 
 def recount(store: JobStore, job_id: str, index: int, *, rows_ok: int, rows_failed: int, rows_truncated: int,

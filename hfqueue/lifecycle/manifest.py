@@ -46,4 +46,7 @@ def write(store: JobStore, job_id: str) -> dict[str, Any]:
         published=json.loads(rec["published"]) if rec.get("published") else None,
     )
     write_manifest(out_dir, manifest)
+    # Which state the manifest now holds, for waiters: a job's move shows in Redis before its manifest is rewritten,
+    # and Job.wait returns only once the manifest caught up (a caller reads it next).
+    store.set_fields(job_id, manifest_state=manifest["state"])
     return manifest

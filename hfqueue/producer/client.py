@@ -201,11 +201,23 @@ class Job:
                 events.close()
             if bar is not None:
                 bar.close()
+        self._manifest_caught_up(status.state)
         if status.state == JobState.CANCELLED:
             raise JobCancelledError(f"job {self.id} was cancelled", value=self.id, status=status)
         if status.state == JobState.FAILED:
             raise JobFailedError(f"job {self.id} failed: {status.error}", value=self.id, status=status)
         return status
+
+    def _manifest_caught_up(self, state: JobState, within: float = 10.0) -> None:
+        """Return once the job's manifest holds ``state`` (its writer records so in Redis after writing it): the move
+        shows before the manifest is rewritten, and a caller may read manifest.json next. Gives up after ``within``
+        seconds (a writer that died in between: ``hfq resume`` writes it)."""
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            written = self.client.store.get(self.id).get("manifest_state")
+            if written is None or written == state.value:  # None: a record from before manifests were recorded
+                return
+            time.sleep(0.02)
 
     def result(self, timeout: float | None = None) -> "datasets.Dataset":
         """The results as a ``datasets.Dataset``, one row per input row, in input order (waits first).

@@ -112,12 +112,16 @@ class PeftAdapters:
         self._made += 1
         started = time.perf_counter()
         self._active = _UNKNOWN  # peft activates a new adapter itself on some layers
+        # The adapter's weights are read onto the base's (first) device: left to itself, peft reads them onto CUDA
+        # whenever the host has a GPU, so a CPU worker there, or one on cuda:1, would touch cuda:0.
+        device = (self.loaded.devices or [self.loaded.device])[0]
         try:
             with _quiet_peft():
                 if self.peft is None:
-                    self.peft = PeftModel.from_pretrained(self.loaded.model, source, adapter_name=name, config=config)
+                    self.peft = PeftModel.from_pretrained(self.loaded.model, source, adapter_name=name, config=config,
+                                                          torch_device=device)
                 else:
-                    self.peft.load_adapter(source, adapter_name=name)
+                    self.peft.load_adapter(source, adapter_name=name, torch_device=device)
         except Exception as exc:  # noqa: BLE001 - bad weights, shapes that do not fit, a Hub error
             self._undo(name, config)
             raise ModelLoadError(f"cannot apply adapter {source!r} to model {self.loaded.name!r}: {_short(exc)}",

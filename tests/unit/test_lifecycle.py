@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import json
 import secrets
+import threading
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
 import redis
 
+from hfqueue.client import Client
 from hfqueue.core.config import Settings
 from hfqueue.core.hooks import Hooks
 from hfqueue.core.jobs import JobState
-from hfqueue.lifecycle import batches
+from hfqueue.errors import JobFailedError
+from hfqueue.lifecycle import batches, manifest
 from hfqueue.lifecycle import jobs as lifecycle
 from hfqueue.lifecycle.batches import BatchState
 from hfqueue.sinks.local import read_manifest
@@ -139,6 +143,28 @@ def test_a_job_whose_publishing_fails_ends_failed_saying_where_its_results_are(
     assert status.state == JobState.FAILED
     assert str(tmp_path / job_id) in (status.error or "") and f"hfq resume {job_id}" in (status.error or "")
     assert hooks.calls == [(job_id, "failed")]
+
+
+def test_wait_returns_once_the_manifest_records_the_final_state(store: JobStore, settings: Settings, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    # given a queued job, and a manifest that takes a while to write (a slow or remote disk)
+    job_id = new_job(store, tmp_path)
+    write = manifest.write
+
+    def slow(store: JobStore, job_id: str) -> dict[str, object]:
+        time.sleep(0.5)
+        return write(store, job_id)
+
+    monkeypatch.setattr(manifest, "write", slow)
+    with Client(settings) as client:
+        # when the job fails in another thread while a caller waits on it, reading its status often
+        failing = threading.Thread(target=lifecycle.fail, args=(store, job_id, "the model did not load", Hooks()))
+        failing.start()
+        with pytest.raises(JobFailedError):
+            client.job(job_id).wait(timeout=10, poll_interval=0.02)
+        # then, when wait returns, the job's manifest already says how it ended
+        assert read_manifest(tmp_path / job_id)["state"] == "failed"
+        failing.join()
 
 
 def test_a_batch_moves_through_its_states_and_refuses_the_rest(store: JobStore, redis_server: RedisServer) -> None:
