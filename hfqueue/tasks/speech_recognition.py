@@ -91,8 +91,12 @@ class SpeechRecognition(PipelineTask):
         extractor, model = loaded.tokenizer.feature_extractor, loaded.model
         clips = [row["raw"] for row in batch]
         enc = extractor(clips, sampling_rate=extractor.sampling_rate, padding=True, return_tensors="pt")
+        # The waveforms come as float32: in the model's own precision (float16, bfloat16), or its first layer refuses
+        # them, as the pipeline casts them too; the attention mask stays integer.
+        inputs = {k: v.to(loaded.device, dtype=model.dtype) if v.is_floating_point() else v.to(loaded.device)
+                  for k, v in enc.items()}
         with torch.inference_mode():
-            logits = model(**{k: v.to(loaded.device) for k, v in enc.items()}).logits
+            logits = model(**inputs).logits
         frames = model._get_feat_extract_output_lengths(torch.tensor([len(c) for c in clips])).tolist()
         ids = logits.argmax(-1).cpu()
         return [{"text": loaded.tokenizer.tokenizer.decode(ids[i, :n]).strip()} for i, n in enumerate(frames)]
