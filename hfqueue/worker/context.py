@@ -86,7 +86,7 @@ class WorkerContext:
             except InvalidSpecError as exc:
                 raise ModelLoadError(f"this worker refuses the {what}: {exc}", value=name) from None
         dtype = resolve_dtype(spec.dtype or self.settings.dtype, device)
-        engine = spec.engine or self.default_engine(task, spec, dtype)
+        engine = spec.engine or self.default_engine(task, spec, dtype, device)
         # Resolved before the lock (they may ask the Hub, once a minute): a changed model or adapter loads anew. A
         # folder's stamp (names, sizes, mtimes), not its content hash: nothing here needs to read its files.
         version = model_version(str(spec.model), spec.revision, content=False)
@@ -100,12 +100,12 @@ class WorkerContext:
                 adapters_of(loaded, self.settings.adapter_cache_size).name(spec.adapter, adapter_version)
             return loaded
 
-    def default_engine(self, task: tasks.Task, spec: JobSpec, dtype: str) -> str:
+    def default_engine(self, task: tasks.Task, spec: JobSpec, dtype: str, device: str) -> str:
         """HFQ_ENGINE for a job that names no engine, where it can run the job (its task has it, float32 weights
         alone, on the CPU); else torch."""
         wanted = self.settings.engine
         runs = (wanted in task.engines and spec.adapter is None and spec.quantization is None and dtype == "float32"
-                and not self.settings.device_map)
+                and device.startswith("cpu") and not self.settings.device_map)
         return wanted if runs else "torch"
 
     def run(self, spec: JobSpec, rows: list[Any], device: str, *, max_batch_tokens: int | TokenBudget,

@@ -91,7 +91,7 @@ def fingerprint(ctx: WorkerContext, task: tasks.Task, spec: JobSpec, device: str
         "task": task.name, "model": str(spec.model), "model_version": version,
         "adapter": spec.adapter, "adapter_version": adapter,
         "options": spec.options, "truncate": spec.truncate, "max_length": settings.max_length,
-        "dtype": dtype, "engine": spec.engine or ctx.default_engine(task, spec, dtype),
+        "dtype": dtype, "engine": spec.engine or ctx.default_engine(task, spec, dtype, device),
         "quantization": spec.quantization, "trust_remote_code": spec.trust_remote_code,
     }
     # a folder's stamp reads no file; "" (unresolvable by now) matches no loaded model, so nothing is stored
