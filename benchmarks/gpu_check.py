@@ -110,6 +110,10 @@ def main() -> int:
         return 0
     ensure_dependencies()
     sys.path.insert(0, str(ROOT))
+    if found:  # the GPUs `hfq worker --gpus all` will take: those CUDA_VISIBLE_DEVICES leaves, where it is set
+        from hfqueue.cli.supervisor import parse_gpus
+
+        found = parse_gpus("all")
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from gpu_paths import Rig, machine_facts, run_checks
 

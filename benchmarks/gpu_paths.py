@@ -228,12 +228,12 @@ def worker_devices(rig: Rig) -> Verdict:
     # rows of "pid, uuid"; anything else (a "No running processes found" notice) is not a process
     rows = [line.split(", ") for line in apps.splitlines()]
     on = {int(row[0]): uuids.get(row[1].strip()) for row in rows if len(row) == 2 and row[0].strip().isdigit()}
-    # (name, device, the GPU nvidia-smi runs its pid on: None where the pid namespace hides it)
-    pairs = [(w.name, w.device, on.get(w.pid)) for w in workers]
-    named = sorted(n.split("@")[0].rsplit("-gpu", 1)[-1] for n, _, _ in pairs)
-    ok = (named == sorted(rig.gpus) and all(d.startswith("cuda") for _, d, _ in pairs)
-          and all(g is None or n.split("@")[0].endswith(f"gpu{g}") for n, _, g in pairs))
-    return verdict(path, ok, f"(name, device, GPU nvidia-smi sees it on): {pairs}")
+    # (the GPU its name gives: an index or a UUID, as --gpus all took it; its device; the GPU nvidia-smi runs its pid
+    # on: None where the pid namespace hides it)
+    pairs = [(w.name.split("@")[0].split("-gpu", 1)[1], w.device, on.get(w.pid)) for w in workers]
+    ok = (sorted(entry for entry, _, _ in pairs) == sorted(rig.gpus) and all(d.startswith("cuda") for _, d, _ in pairs)
+          and all(g is None or entry.startswith("MIG-") or uuids.get(entry, entry) == g for entry, _, g in pairs))
+    return verdict(path, ok, f"(GPU in its name, device, GPU nvidia-smi sees it on): {pairs}")
 
 
 CHECKS: list[tuple[str, Callable[[Rig], Verdict]]] = [

@@ -122,6 +122,28 @@ def test_greedy_text_passes_only_where_each_token_is_float32s_choice_or_a_near_t
     assert all(gap > 0.05 for gap in gaps["another row's"]), gaps
 
 
+@pytest.mark.parametrize(("gpus", "names", "ok"), [
+    (["0", "1"], {101: "gpu-gpu1", 102: "gpu-gpu0"}, True),
+    (["GPU-aaa", "GPU-bbb"], {101: "gpu-gpuGPU-bbb", 102: "gpu-gpuGPU-aaa"}, True),  # CUDA_VISIBLE_DEVICES by UUID
+    (["0", "1"], {101: "gpu-gpu0", 102: "gpu-gpu1"}, False),  # each on the other's GPU
+])
+def test_the_device_path_matches_each_workers_name_with_the_gpu_nvidia_smi_runs_it_on(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, gpus: list[str], names: dict[int, str], ok: bool) -> None:
+    import gpu_paths
+
+    # given nvidia-smi listing two GPUs and running pid 101 on GPU 1 and 102 on GPU 0 (a stand-in script: this
+    # machine has no GPU), and GPU workers named as `hfq worker --gpus` names them
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text('#!/bin/sh\ncase "$1" in\n  --query-gpu=uuid,index) printf "GPU-aaa, 0\\nGPU-bbb, 1\\n";;\n'
+                   '  --query-compute-apps=pid,gpu_uuid) printf "101, GPU-bbb\\n102, GPU-aaa\\n";;\nesac\n')
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    workers = [SimpleNamespace(name=f"{name}@host", device="cuda", pid=pid, queue="gpu") for pid, name in names.items()]
+    rig = _Rig(gpu=True, gpus=gpus, main=SimpleNamespace(live_workers=lambda: workers))
+    # when the path checks them, then it passes only where each name is the GPU its pid runs on
+    assert gpu_paths.worker_devices(rig)["status"] == ("PASS" if ok else "FAIL")
+
+
 def test_the_wheelhouse_carries_what_the_host_lacks_never_torch() -> None:
     import wheelhouse
 
