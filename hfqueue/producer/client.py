@@ -214,7 +214,10 @@ class Job:
         seconds (a writer that died in between: ``hfq resume`` writes it)."""
         deadline = time.monotonic() + within
         while time.monotonic() < deadline:
-            written = self.client.store.get(self.id).get("manifest_state")
+            try:
+                written = self.client.store.get(self.id).get("manifest_state")
+            except HfqError:  # the record is gone (deleted, expired): nothing left to wait for
+                return
             if written is None or written == state.value:  # None: a record from before manifests were recorded
                 return
             time.sleep(0.02)
