@@ -38,11 +38,16 @@ def parse_gpus(spec: str) -> list[str]:
     if spec.strip() == "all":
         return _visible_gpus()
     gpus = [g.strip() for g in spec.split(",") if g.strip()]
-    bad = [g for g in gpus if not (g.isdigit() or g.startswith(("GPU-", "MIG-")))]
+    bad = [g for g in gpus if not _is_gpu(g)]
     if not gpus or bad or len(set(gpus)) != len(gpus):
         raise ConfigError(f"--gpus takes `all` or distinct GPU indexes or UUIDs separated by commas (e.g. 0,1), "
                           f"got {spec!r}", value=spec)
     return gpus
+
+
+def _is_gpu(entry: str) -> bool:
+    """Whether ``entry`` names a GPU as CUDA_VISIBLE_DEVICES does: an index, or a GPU or MIG UUID."""
+    return entry.isdigit() or entry.startswith(("GPU-", "MIG-"))
 
 
 def _visible_gpus() -> list[str]:
@@ -51,8 +56,7 @@ def _visible_gpus() -> list[str]:
     confined = os.environ.get("CUDA_VISIBLE_DEVICES")
     if confined is not None:
         entries = [g.strip() for g in confined.split(",")]
-        valid = next((i for i, g in enumerate(entries) if not (g.isdigit() or g.startswith(("GPU-", "MIG-")))),
-                     len(entries))
+        valid = next((i for i, g in enumerate(entries) if not _is_gpu(g)), len(entries))
         if valid == 0:
             raise ConfigError(f"--gpus all: CUDA_VISIBLE_DEVICES={confined!r} leaves this process no GPU; unset it "
                               "or name GPUs in it (e.g. 0,1), or run `hfq worker` without --gpus for a CPU worker",
